@@ -1,0 +1,89 @@
+"""Diagnostics: one problem in a ``.pcg`` file, rendered as ``file:line:col: message`` with the
+source line and a caret, and the exception that carries all of them at once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ._ir import Span
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: str  # "error" | "warning"
+    message: str
+    span: Span
+    hint: str | None = None
+    code: str = ""  # a short stable identifier, e.g. "undefined-name"
+
+    def render(self, sources: dict[str, str] | None = None) -> str:
+        """``file:line:col: error: message``, the source line, a caret, and the hint."""
+        head = f"{self.span}: {self.severity}: {self.message}"
+        lines = [head]
+        text = _source_line(self.span, sources)
+        if text is not None:
+            width = 1
+            if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
+                width = self.span.end_col - self.span.col
+            lines.append("    " + text.rstrip("\n"))
+            lines.append("    " + " " * (self.span.col - 1) + "^" + "~" * (width - 1))
+        if self.hint:
+            lines.append(f"    hint: {self.hint}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "file": self.span.file,
+            "line": self.span.line,
+            "col": self.span.col,
+            "hint": self.hint,
+        }
+
+
+def _source_line(span: Span, sources: dict[str, str] | None) -> str | None:
+    if span.line <= 0:
+        return None
+    text = None
+    if sources is not None and span.file in sources:
+        text = sources[span.file]
+    else:
+        try:
+            text = Path(span.file).read_text()
+        except OSError:
+            return None
+    lines = text.splitlines()
+    if span.line - 1 < len(lines):
+        return lines[span.line - 1].expandtabs(1)
+    return None
+
+
+class PcgError(Exception):
+    """A ``.pcg`` model could not be loaded: syntax or validation errors, all of them at once."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: dict[str, str] | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.sources = dict(sources or {})
+        super().__init__(self.render())
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+    def render(self) -> str:
+        return render_all(self.diagnostics, self.sources)
+
+
+def render_all(diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None) -> str:
+    return "\n".join(d.render(sources) for d in diagnostics)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """``"did you mean 'h1'?"`` for the closest candidate, or None."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else None
