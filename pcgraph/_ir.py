@@ -168,7 +168,7 @@ class SettingsIR:
 class ParamIR:
     name: str
     value: int | float
-    used: bool = True
+    used: bool = field(default=True, compare=False)  # analysis metadata
     span: Span = field(default=NO_SPAN, compare=False)
 
 

@@ -1,0 +1,106 @@
+"""Loading a model: text or file → parse → lower → validate → ``ModelIR``.
+
+``parse_model`` stops after lowering (syntax and lowering errors only); ``load`` also runs the
+validator and raises one ``PcgError`` carrying every error (warnings are kept on the exception
+and returned by ``check``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lark.exceptions import VisitError
+
+from ._diagnostics import Diagnostic, PcgError
+from ._ir import ModelIR, Span
+from ._lower import lower
+from ._syntax import parse
+
+__all__ = ["parse_model", "load", "check", "Checked"]
+
+
+def parse_model(text: str, file: str = "<string>") -> ModelIR:
+    """Parse and lower ``.pcg`` text (no validation). Raises ``PcgError``."""
+    model, _ = _parse(text, file)
+    return model
+
+
+def _parse(text: str, file: str) -> tuple[ModelIR, dict[str, str]]:
+    tree = parse(text, file)
+    try:
+        return lower(tree, file, text, parse=parse)
+    except VisitError as e:  # lark wraps exceptions raised inside visitors; show the real one
+        raise e.orig_exc from None
+
+
+@dataclass
+class Checked:
+    """The outcome of reading one model: the model (None if it could not be lowered), every
+    diagnostic (errors and warnings) and the source texts they point into."""
+
+    model: ModelIR | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+
+def check(path_or_text: str | os.PathLike, *, validate: bool = True) -> Checked:
+    """Read, lower and (optionally) validate; never raises for problems in the model."""
+    try:
+        text, file = _read(path_or_text)
+    except PcgError as e:
+        return Checked(None, list(e.diagnostics), dict(e.sources))
+    try:
+        model, sources = _parse(text, file)
+    except PcgError as e:
+        return Checked(None, list(e.diagnostics), {file: text, **e.sources})
+    diags: list[Diagnostic] = []
+    if validate:
+        validator = _validator()
+        if validator is not None:
+            diags = list(validator(model, sources))
+    return Checked(model, diags, sources)
+
+
+def load(path_or_text: str | os.PathLike, *, validate: bool = True) -> ModelIR:
+    """A model from a ``.pcg`` file path or from ``.pcg`` text. Raises ``PcgError`` with every
+    error found (syntax, lowering, then validation)."""
+    c = check(path_or_text, validate=validate)
+    if not c.ok or c.model is None:
+        raise PcgError(c.diagnostics, c.sources)
+    return c.model
+
+
+def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:
+    """(text, file name). A ``Path``, or a one-line string naming a file or ending in .pcg, is a
+    path; anything else is the model's text."""
+    if isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str)
+        and "\n" not in path_or_text
+        and "{" not in path_or_text
+        and (path_or_text.endswith(".pcg") or os.path.isfile(path_or_text))
+    ):
+        file = os.fspath(path_or_text)
+        try:
+            return Path(file).read_text(encoding="utf-8"), file
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "no such file" if isinstance(e, FileNotFoundError) else str(e)
+            raise PcgError([Diagnostic("error", f"cannot read {file}: {reason}",
+                                       Span(file, 0, 0), code="io")]) from None
+    return str(path_or_text), "<string>"
+
+
+def _validator():
+    """``pcgraph._validate.validate`` if that module exists (it is optional for this module)."""
+    try:
+        from ._validate import validate
+    except ModuleNotFoundError as e:
+        if e.name != "pcgraph._validate":
+            raise
+        return None
+    return validate

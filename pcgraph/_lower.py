@@ -1,0 +1,747 @@
+"""Parse tree → ``ModelIR``: parameters and arithmetic, loops, blocks, includes, chains, groups.
+
+Lowering walks the tree that ``_syntax.parse`` returned (parse first, then lower: lark positions
+stay exact). It evaluates every expression (no ``eval``: a small arithmetic interpreter), expands
+``for`` loops and ``use`` of blocks in place, reads included files, and produces the flat IR.
+Every problem becomes a ``Diagnostic`` with a span; all of them are raised together as one
+``PcgError``. Node names are *not* checked here (an edge to an undeclared node still lowers): the
+validator reports those with the full picture.
+
+Scopes are lexical. A file's top level and its model body hold parameters and blocks; every loop
+iteration and every block expansion opens a child scope (loop variable, block arguments, local
+``param``). A block body sees the scope it was defined in plus its arguments, never its caller's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lark import Token, Tree
+
+from ._diagnostics import Diagnostic, PcgError, did_you_mean
+from ._ir import (
+    EdgeIR,
+    EnergyIR,
+    ModelIR,
+    NodeIR,
+    ParamIR,
+    PriorIR,
+    QueryIR,
+    SettingsIR,
+    Span,
+    TermIR,
+    TransformIR,
+)
+
+__all__ = ["lower", "MAX_ITERATIONS"]
+
+MAX_ITERATIONS = 100_000  # per loop; a .pcg file is a description, not a program
+TERM_OPTIONS = ("pre", "bias", "init")  # keyword arguments that belong to the term, not the transform
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+Number = int | float
+Value = int | float | bool | str
+
+
+class _Fail(Exception):
+    """A diagnostic has been recorded; abandon the current statement."""
+
+
+@dataclass
+class _Var:
+    value: Value
+    kind: str  # "param" | "loop" | "arg"
+    span: Span
+    listed: bool = False  # a parameter of the loaded file: reported in ModelIR.params
+    used: bool = False
+    note: str | None = None  # for a name argument: did the caller mean a parameter?
+
+
+@dataclass
+class _Block:
+    name: str
+    params: tuple[str, ...]
+    body: list
+    file: str
+    scope: "_Scope"
+    span: Span
+
+
+class _Scope:
+    def __init__(self, parent: "_Scope | None" = None):
+        self.parent = parent
+        self.vars: dict[str, _Var] = {}
+        self.blocks: dict[str, _Block] = {}
+
+    def var(self, name: str) -> _Var | None:
+        s = self
+        while s is not None:
+            if name in s.vars:
+                return s.vars[name]
+            s = s.parent
+        return None
+
+    def block(self, name: str) -> _Block | None:
+        s = self
+        while s is not None:
+            if name in s.blocks:
+                return s.blocks[name]
+            s = s.parent
+        return None
+
+    def visible(self, attr: str) -> list[str]:
+        out: list[str] = []
+        s = self
+        while s is not None:
+            out.extend(getattr(s, attr))
+            s = s.parent
+        return out
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """Where statements are being expanded: the file their text lives in, the scope, and the
+    chain of ``use`` sites that led here (for hints)."""
+
+    file: str
+    scope: _Scope
+    trace: tuple[tuple[str, Span], ...] = ()
+
+    def child(self, **kw) -> "_Ctx":
+        return _Ctx(kw.get("file", self.file), kw.get("scope", self.scope), kw.get("trace", self.trace))
+
+
+@dataclass
+class _Out:
+    nodes: list[NodeIR] = field(default_factory=list)
+    edges: list[EdgeIR] = field(default_factory=list)
+    amortised: list[EdgeIR] = field(default_factory=list)
+    queries: list[QueryIR] = field(default_factory=list)
+    settings: dict[str, tuple[Value, Span]] = field(default_factory=dict)
+    settings_span: Span | None = None
+
+
+def lower(
+    tree: Tree,
+    file: str = "<string>",
+    text: str | None = None,
+    *,
+    parse: Callable[[str, str], Tree] | None = None,
+) -> tuple[ModelIR, dict[str, str]]:
+    """Lower a parsed file to its model. Returns ``(model, sources)``; ``sources`` holds the text
+    of the file and of every included file. Raises ``PcgError`` with every problem found."""
+    if parse is None:
+        from ._syntax import parse
+    low = _Lowering(file, text, parse)
+    model = low.run(tree)
+    if low.diags:
+        diags = sorted(dict.fromkeys(low.diags), key=lambda d: (d.span.file != file, d.span))
+        raise PcgError(diags, low.sources)
+    assert model is not None
+    return model, low.sources
+
+
+class _Lowering:
+    def __init__(self, file: str, text: str | None, parse):
+        self.file = file
+        self.parse = parse
+        self.sources: dict[str, str] = {file: text} if text is not None else {}
+        self.diags: list[Diagnostic] = []
+        self.out = _Out()
+        self.params: list[_Var] = []
+        self.param_names: list[str] = []
+        self.include_stack: list[Path] = []
+        self.included: set[Path] = set()
+        self.active_blocks: list[str] = []
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    def error(self, message: str, span: Span, hint: str | None = None, code: str = "lower",
+              ctx: _Ctx | None = None) -> _Fail:
+        if ctx is not None and ctx.trace:
+            name, site = ctx.trace[-1]
+            where = f"in block {name!r} used at {site}"
+            hint = f"{hint} ({where})" if hint else where
+        self.diags.append(Diagnostic("error", message, span, hint=hint, code=code))
+        return _Fail()
+
+    @staticmethod
+    def span(file: str, x) -> Span:
+        if isinstance(x, Token):
+            return Span(file, x.line, x.column, x.end_line, x.end_column)
+        m = x.meta
+        if getattr(m, "empty", True):
+            return Span(file, 0, 0, 0, 0)
+        return Span(file, m.line, m.column, m.end_line, m.end_column)
+
+    # ---- files ---------------------------------------------------------------------------------
+    def run(self, tree: Tree) -> ModelIR | None:
+        scope = _Scope()
+        ctx = _Ctx(self.file, scope)
+        real = Path(self.file)
+        if real.is_file():
+            self.include_stack.append(real.resolve())
+            self.included.add(real.resolve())
+        models = self.top_level(tree, ctx, main=True)
+        if not models:
+            self.error("no model in this file: write `model NAME { ... }`",
+                       Span(self.file, 1, 1, 1, 1), code="no-model")
+            return None
+        for extra in models[1:]:
+            self.error(f"a file holds one model; {str(extra.children[0])!r} is a second one",
+                       self.span(self.file, extra.children[0]),
+                       hint="move it to its own file and share blocks with `include`",
+                       code="duplicate")
+        return self.model(models[0], ctx)
+
+    def top_level(self, tree: Tree, ctx: _Ctx, main: bool) -> list[Tree]:
+        """Declarations of a file (params, blocks, includes); returns its model trees."""
+        models = []
+        for st in tree.children:
+            if st.data == "model":
+                models.append(st)
+            else:
+                self.declaration(st, ctx, listed=main)
+        return models
+
+    def declaration(self, st: Tree, ctx: _Ctx, listed: bool) -> None:
+        try:
+            if st.data == "param_stmt":
+                self.param_stmt(st, ctx, listed=listed)
+            elif st.data == "block_def":
+                self.block_def(st, ctx)
+            elif st.data == "include_stmt":
+                self.include(st, ctx)
+        except _Fail:
+            pass
+
+    def include(self, st: Tree, ctx: _Ctx) -> None:
+        tok = st.children[0]
+        rel = str(tok)[1:-1]
+        span = self.span(ctx.file, tok)
+        base_file = Path(ctx.file)
+        base = base_file.parent if base_file.is_file() else Path.cwd()
+        if not rel:
+            raise self.error("empty include path", span, code="include")
+        if os.path.isabs(rel):
+            raise self.error(f"include path {rel!r} is absolute", span,
+                             hint="write it relative to the including file", code="include")
+        target = (base / rel).resolve()
+        root = base.resolve()
+        if target != root and root not in target.parents:
+            raise self.error(
+                f"include {rel!r} leaves the directory of {ctx.file}",
+                span,
+                hint="included files must lie in the including file's directory or below it",
+                code="include",
+            )
+        if target in self.include_stack:
+            names = [p.name for p in self.include_stack[self.include_stack.index(target):]]
+            raise self.error("include cycle: " + " -> ".join(names + [target.name]), span,
+                             code="include")
+        if target in self.included:
+            return  # already pulled in (a diamond of includes): once is enough
+        display = os.path.normpath(str(base_file.parent / rel)) if base_file.is_file() else os.path.normpath(rel)
+        try:
+            text = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "no such file" if isinstance(e, FileNotFoundError) else str(e)
+            raise self.error(f"cannot include {rel!r}: {reason}", span, code="include")
+        self.included.add(target)
+        self.sources[display] = text
+        try:
+            tree = self.parse(text, display)
+        except PcgError as e:
+            self.diags.extend(e.diagnostics)
+            return
+        self.include_stack.append(target)
+        try:
+            self.top_level(tree, ctx.child(file=display), main=False)  # its models are ignored
+        finally:
+            self.include_stack.pop()
+
+    # ---- the model -----------------------------------------------------------------------------
+    def model(self, tree: Tree, file_ctx: _Ctx) -> ModelIR:
+        name_tok, *body = tree.children
+        ctx = file_ctx.child(scope=_Scope(file_ctx.scope))
+        # declarations first: parameters, blocks and includes are visible to the whole body
+        rest = []
+        for st in body:
+            if st.data in ("param_stmt", "block_def", "include_stmt"):
+                self.declaration(st, ctx, listed=True)
+            else:
+                rest.append(st)
+        self.statements(rest, ctx)
+        o = self.out
+        settings = SettingsIR(
+            tuple(sorted((k, v) for k, (v, _) in o.settings.items())),
+            o.settings_span or self.span(self.file, tree),
+        )
+        params = tuple(
+            ParamIR(n, v.value, v.used, v.span)  # type: ignore[arg-type]
+            for n, v in zip(self.param_names, self.params)
+        )
+        return ModelIR(
+            name=str(name_tok),
+            nodes=tuple(o.nodes),
+            edges=tuple(o.edges),
+            amortised=tuple(o.amortised),
+            queries=tuple(o.queries),
+            settings=settings,
+            params=params,
+            source=self.file,
+            span=self.span(self.file, tree),
+        )
+
+    def statements(self, stmts: list, ctx: _Ctx) -> None:
+        for st in stmts:
+            try:
+                getattr(self, st.data)(st, ctx)
+            except _Fail:
+                pass
+
+    # ---- declarations --------------------------------------------------------------------------
+    def param_stmt(self, st: Tree, ctx: _Ctx, listed: bool = False) -> None:
+        for d in st.children:
+            name_tok, expr = d.children
+            name = str(name_tok)
+            span = self.span(ctx.file, d)
+            self.check_free(name, span, ctx, "parameter")
+            value = self.number(expr, ctx)
+            var = _Var(value, "param", span, listed=listed)
+            ctx.scope.vars[name] = var
+            if listed and ctx.file == self.file:
+                self.params.append(var)
+                self.param_names.append(name)
+
+    def check_free(self, name: str, span: Span, ctx: _Ctx, what: str) -> None:
+        old = ctx.scope.var(name)
+        if old is not None:
+            kind = {"param": "parameter", "loop": "loop variable", "arg": "block argument"}[old.kind]
+            raise self.error(f"{what} {name!r} is already defined as a {kind} at {old.span}",
+                             span, hint="pick another name", code="duplicate", ctx=ctx)
+        if name in ("true", "false"):
+            raise self.error(f"{name!r} cannot be a {what} name", span, code="bad-name", ctx=ctx)
+
+    def block_def(self, st: Tree, ctx: _Ctx) -> None:
+        name_tok, *rest = st.children
+        params, body = [], []
+        for c in rest:
+            if isinstance(c, Token):
+                params.append(str(c))
+            elif c is not None:
+                body.append(c)
+        name = str(name_tok)
+        span = self.span(ctx.file, name_tok)
+        old = ctx.scope.block(name)
+        if old is not None:
+            raise self.error(f"block {name!r} is already defined at {old.span}", span,
+                             code="duplicate")
+        dup = {p for p in params if params.count(p) > 1}
+        if dup:
+            raise self.error(f"block {name!r} names parameter {sorted(dup)[0]!r} twice", span,
+                             code="duplicate")
+        ctx.scope.blocks[name] = _Block(name, tuple(params), body, ctx.file, ctx.scope, span)
+
+    def include_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        raise self.error("include belongs at the top of a file or of a model body",
+                         self.span(ctx.file, st), code="misplaced", ctx=ctx)
+
+    def nested_block_def(self, st: Tree, ctx: _Ctx) -> None:
+        raise self.error("blocks are defined at the top of a file or of a model body",
+                         self.span(ctx.file, st.children[0]), code="misplaced", ctx=ctx)
+
+    # ---- settings, nodes, edges, queries -------------------------------------------------------
+    def settings_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        if self.out.settings_span is None:
+            self.out.settings_span = self.span(ctx.file, st)
+        for s in st.children:
+            key_tok, val = s.children
+            key, span = str(key_tok), self.span(ctx.file, s)
+            try:
+                if key in self.out.settings:
+                    raise self.error(f"setting {key!r} is set twice (first at "
+                                     f"{self.out.settings[key][1]})", span, code="duplicate",
+                                     ctx=ctx)
+                if isinstance(val, Tree) and val.data == "call":
+                    raise self.error(f"setting {key!r} takes a number or a name, not a call",
+                                     self.span(ctx.file, val), code="bad-value", ctx=ctx)
+                self.out.settings[key] = (self.value(val, ctx), span)
+            except _Fail:
+                pass
+
+    def node_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        name_list, shape, *opts = st.children
+        names = self.names(name_list, ctx)
+        dims = []
+        for e in shape.children:
+            d = self.number(e, ctx)
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                hint = "use // for integer division" if isinstance(d, float) else None
+                raise self.error(f"a shape holds positive integers; this is {d!r}",
+                                 self.span(ctx.file, e), hint=hint, code="bad-shape", ctx=ctx)
+            dims.append(d)
+        kw: dict = {}
+        for o in opts:
+            key_tok, val = o.children
+            key = str(key_tok)
+            span = self.span(ctx.file, o)
+            if key in kw:
+                raise self.error(f"node option {key!r} is given twice", span, code="duplicate",
+                                 ctx=ctx)
+            if key == "energy":
+                kind, args = self.call(val, ctx, ("precision",))
+                prec = args.get("precision", 1.0)
+                kw["energy"] = EnergyIR(kind, float(prec))
+            elif key == "prior":
+                kind, args = self.call(val, ctx, ("mean", "std"))
+                kw["prior"] = PriorIR(kind, float(args.get("mean", 0.0)), float(args.get("std", 1.0)))
+            else:  # act, init
+                v = self.value(val, ctx)
+                if not isinstance(v, str) or isinstance(val, Tree) and val.data == "string":
+                    raise self.error(f"{key} takes a name (e.g. {key} = "
+                                     f"{'relu' if key == 'act' else 'mem'}), not {v!r}",
+                                     self.span(ctx.file, val), code="bad-value", ctx=ctx)
+                kw[key] = v
+        for name, span in names:
+            self.out.nodes.append(NodeIR(name, tuple(dims), span=span, **kw))
+
+    def call(self, val: Tree, ctx: _Ctx, names: tuple[str, ...]) -> tuple[str, dict[str, Number]]:
+        """``gaussian`` or ``gaussian(2.0)`` / ``gaussian(precision = 2.0)`` → (kind, {arg: number})."""
+        if val.data == "var":
+            return str(val.children[0]), {}
+        if val.data != "call":
+            raise self.error("expected a name such as gaussian, or a call such as gaussian(0, 1)",
+                             self.span(ctx.file, val), code="bad-value", ctx=ctx)
+        kind_tok, args = val.children
+        pos, kws = self.arguments(args, ctx)
+        if len(pos) > len(names):
+            raise self.error(f"{kind_tok} takes at most {len(names)} argument(s) "
+                             f"({', '.join(names)}), got {len(pos)}", self.span(ctx.file, val),
+                             code="bad-args", ctx=ctx)
+        out = dict(zip(names, pos))
+        for k, (v, span) in kws.items():
+            if k not in names:
+                raise self.error(f"{kind_tok} has no argument {k!r}", span,
+                                 hint=did_you_mean(k, names) or f"it takes {', '.join(names)}",
+                                 code="bad-args", ctx=ctx)
+            if k in out:
+                raise self.error(f"argument {k!r} is given twice", span, code="duplicate", ctx=ctx)
+            out[k] = v
+        for k, v in out.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise self.error(f"{kind_tok}: {k} must be a number, got {v!r}",
+                                 self.span(ctx.file, val), code="bad-value", ctx=ctx)
+        return str(kind_tok), out
+
+    def edge_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        *chain, terms_tree = st.children
+        ends = [self.endpoint(c, ctx) for c in chain[0::2]]
+        arrows = [str(a.children[0]) == "~>" for a in chain[1::2]]
+        terms = tuple(self.term(t, ctx) for t in terms_tree.children)
+        for (srcs, dsts), amortised in zip(zip(ends, ends[1:]), arrows):
+            for src, s_span in srcs:
+                for dst, d_span in dsts:
+                    span = Span(ctx.file, s_span.line, s_span.col, d_span.end_line, d_span.end_col)
+                    e = EdgeIR(src, dst, terms, amortised=amortised, span=span)
+                    (self.out.amortised if amortised else self.out.edges).append(e)
+
+    def endpoint(self, t: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
+        if t.data == "group":
+            return self.names(t.children[0], ctx)
+        return [self.name(t.children[0], ctx)]
+
+    def term(self, t: Tree, ctx: _Ctx) -> TermIR:
+        opts: dict[str, tuple[Value, Span]] = {}
+        chain = []
+        for tr in t.children:
+            kind_tok, args = tr.children[0], (tr.children[1] if len(tr.children) > 1 else None)
+            pos, kws = self.arguments(args, ctx)
+            for k in TERM_OPTIONS:
+                if k in kws:
+                    if k in opts:
+                        raise self.error(f"term option {k!r} is given twice", kws[k][1],
+                                         code="duplicate", ctx=ctx)
+                    opts[k] = kws.pop(k)
+            chain.append(TransformIR(
+                str(kind_tok),
+                tuple(pos),
+                tuple(sorted((k, v) for k, (v, _) in kws.items())),
+                span=self.span(ctx.file, tr),
+            ))
+        fields: dict = {}
+        for k, (v, span) in opts.items():
+            if k == "bias":
+                if not isinstance(v, bool):
+                    raise self.error(f"bias is true or false, not {v!r}", span,
+                                     code="bad-value", ctx=ctx)
+                fields["bias"] = v
+            else:
+                if not isinstance(v, str) or isinstance(v, bool):
+                    example = "relu" if k == "pre" else "normal"
+                    raise self.error(f"{k} takes a name (e.g. {k} = {example}), not {v!r}", span,
+                                     code="bad-value", ctx=ctx)
+                fields["pre" if k == "pre" else "weight_init"] = v
+        return TermIR(tuple(chain), span=self.span(ctx.file, t), **fields)
+
+    def arguments(self, args: Tree | None, ctx: _Ctx):
+        """Positional values and ``{name: (value, span)}`` of an argument list."""
+        pos: list[Value] = []
+        kws: dict[str, tuple[Value, Span]] = {}
+        for a in (args.children if args is not None else ()):
+            if isinstance(a, Tree) and a.data == "kwarg":
+                k_tok, v = a.children
+                span = self.span(ctx.file, a)
+                if str(k_tok) in kws:
+                    raise self.error(f"argument {str(k_tok)!r} is given twice", span,
+                                     code="duplicate", ctx=ctx)
+                kws[str(k_tok)] = (self.value(v, ctx), span)
+            else:
+                if kws:
+                    raise self.error("a positional argument cannot follow keyword arguments",
+                                     self.span(ctx.file, a), code="bad-args", ctx=ctx)
+                pos.append(self.value(a, ctx))
+        return pos, kws
+
+    def query_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        name_tok, *items = st.children
+        clamp, read, init, spans = [], [], [], []
+        for it in items:
+            if it.data in ("clamp", "read"):
+                names = self.names(it.children[0], ctx)
+                (clamp if it.data == "clamp" else read).extend(n for n, _ in names)
+                spans.extend(names)
+            else:  # query_init: INIT name "=" NAME
+                _, name_t, method = it.children
+                name, span = self.name(name_t, ctx)
+                init.append((name, str(method)))
+                spans.append((name, span))
+        self.out.queries.append(QueryIR(str(name_tok), tuple(clamp), tuple(read), tuple(init),
+                                        span=self.span(ctx.file, st), name_spans=tuple(spans)))
+
+    # ---- loops and blocks ----------------------------------------------------------------------
+    def for_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        var_tok, lo_t, hi_t, *body = st.children
+        bounds = []
+        for t in (lo_t, hi_t):
+            v = self.number(t, ctx)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if not isinstance(v, int):
+                raise self.error(f"loop bounds are integers; this one is {v!r}",
+                                 self.span(ctx.file, t), hint="use // for integer division",
+                                 code="bad-range", ctx=ctx)
+            bounds.append(v)
+        lo, hi = bounds
+        a, b = self.span(ctx.file, lo_t), self.span(ctx.file, hi_t)
+        rng = Span(ctx.file, a.line, a.col, b.end_line, b.end_col)
+        if hi < lo - 1:
+            raise self.error(f"range {lo}..{hi} runs backwards", rng,
+                             hint=f"ranges count up and include both ends; {lo}..{lo - 1} is empty",
+                             code="bad-range", ctx=ctx)
+        if hi - lo + 1 > MAX_ITERATIONS:
+            raise self.error(f"range {lo}..{hi} has {hi - lo + 1} iterations; the limit is "
+                             f"{MAX_ITERATIONS}", rng, code="bad-range", ctx=ctx)
+        name = str(var_tok)
+        self.check_free(name, self.span(ctx.file, var_tok), ctx, "loop variable")
+        for i in range(lo, hi + 1):
+            scope = _Scope(ctx.scope)
+            scope.vars[name] = _Var(i, "loop", self.span(ctx.file, var_tok), used=True)
+            self.body(body, ctx.child(scope=scope))
+
+    def body(self, stmts: list, ctx: _Ctx) -> None:
+        """Statements of a loop or block body: local params in order, then everything else."""
+        for st in stmts:
+            try:
+                if st.data == "param_stmt":
+                    self.param_stmt(st, ctx)
+                elif st.data == "block_def":
+                    self.nested_block_def(st, ctx)
+                else:
+                    getattr(self, st.data)(st, ctx)
+            except _Fail:
+                pass
+
+    def use_stmt(self, st: Tree, ctx: _Ctx) -> None:
+        name_tok, *args = st.children
+        name = str(name_tok)
+        span = self.span(ctx.file, st)
+        block = ctx.scope.block(name)
+        if block is None:
+            known = ctx.scope.visible("blocks")
+            hint = did_you_mean(name, known) or (
+                f"defined blocks: {', '.join(sorted(known))}" if known
+                else "define it with `block NAME(ARGS) { ... }` or include a file that does")
+            raise self.error(f"unknown block {name!r}", self.span(ctx.file, name_tok), hint=hint,
+                             code="unknown-block", ctx=ctx)
+        if name in self.active_blocks:
+            raise self.error(f"block {name!r} uses itself", span,
+                             hint="blocks cannot be recursive; use a for loop", code="recursion",
+                             ctx=ctx)
+        pos: list[Value] = []
+        kws: dict[str, Value] = {}
+        for a in args:
+            if a is None:
+                continue
+            if isinstance(a, Tree) and a.data in ("kwarg", "name_kwarg"):
+                k_tok, v = a.children
+                k = str(k_tok)
+                if k not in block.params:
+                    raise self.error(f"block {name!r} has no parameter {k!r}",
+                                     self.span(ctx.file, a),
+                                     hint=did_you_mean(k, block.params) or self._signature(block),
+                                     code="block-args", ctx=ctx)
+                if k in kws:
+                    raise self.error(f"argument {k!r} is given twice", self.span(ctx.file, a),
+                                     code="duplicate", ctx=ctx)
+                kws[k] = self.name(v, ctx)[0] if a.data == "name_kwarg" else self.value(v, ctx)
+            else:
+                if kws:
+                    raise self.error("a positional argument cannot follow keyword arguments",
+                                     self.span(ctx.file, a), code="block-args", ctx=ctx)
+                pos.append(self.name(a.children[0], ctx)[0] if isinstance(a, Tree)
+                           and a.data == "name_arg" else self.value(a, ctx))
+        bound = dict(zip(block.params, pos))
+        for k, v in kws.items():
+            if k in bound:
+                raise self.error(f"block {name!r}: {k!r} is given both by position and by name",
+                                 span, code="block-args", ctx=ctx)
+            bound[k] = v
+        if len(pos) > len(block.params) or len(bound) != len(block.params):
+            given = len(pos) + len(kws)
+            missing = [p for p in block.params if p not in bound]
+            detail = f"; missing {', '.join(missing)}" if missing and len(pos) <= len(block.params) else ""
+            raise self.error(
+                f"block {name!r} takes {len(block.params)} argument"
+                f"{'' if len(block.params) == 1 else 's'}, got {given}{detail}",
+                span, hint=self._signature(block), code="block-args", ctx=ctx)
+        scope = _Scope(block.scope)
+        known = ctx.scope.visible("vars")
+        for p in block.params:
+            v = bound[p]
+            note = None
+            if isinstance(v, str) and (close := did_you_mean(v, known)):
+                note = f"{v!r} is not a parameter; {close}"
+            scope.vars[p] = _Var(v, "arg", block.span, used=True, note=note)
+        self.active_blocks.append(name)
+        try:
+            self.body(block.body, _Ctx(block.file, scope, ctx.trace + ((name, span),)))
+        finally:
+            self.active_blocks.pop()
+
+    @staticmethod
+    def _signature(block: _Block) -> str:
+        return f"defined at {block.span} as block {block.name}({', '.join(block.params)})"
+
+    # ---- names ---------------------------------------------------------------------------------
+    def names(self, name_list: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
+        return [self.name(n, ctx) for n in name_list.children]
+
+    def name(self, t, ctx: _Ctx) -> tuple[str, Span]:
+        """A node name: plain, a block's name argument, or interpolated (``h{i-1}``)."""
+        if isinstance(t, Tree) and t.data == "name":
+            t = t.children[0]
+        span = self.span(ctx.file, t)
+        if isinstance(t, Token):
+            name = str(t)
+            var = ctx.scope.var(name)
+            if var is not None and var.kind == "arg":
+                if not isinstance(var.value, str):
+                    raise self.error(
+                        f"block parameter {name!r} is {var.value!r} here, but a node name is "
+                        "needed", span, hint="pass a name, e.g. h1", code="bad-name", ctx=ctx)
+                return var.value, span
+            return name, span
+        parts = []
+        for p in t.children:  # Tree('iname'): TEXT tokens and expression trees
+            if isinstance(p, Token):
+                parts.append(str(p))
+                continue
+            v = self.eval(p, ctx, names=True)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise self.error(f"{{...}} in a name must give an integer or a name, not {v!r}",
+                                 self.span(ctx.file, p), code="bad-name", ctx=ctx)
+            parts.append(str(v))
+        name = "".join(parts)
+        if not _NAME_RE.match(name):
+            raise self.error(f"{name!r} is not a valid name", span,
+                             hint="names are letters, digits and _ (check for negative indices)",
+                             code="bad-name", ctx=ctx)
+        return name, span
+
+    # ---- expressions ---------------------------------------------------------------------------
+    def number(self, t, ctx: _Ctx) -> Number:
+        v = self.eval(t, ctx)
+        assert isinstance(v, (int, float))
+        return v
+
+    def value(self, t, ctx: _Ctx) -> Value:
+        """An option value: a number, a parameter's value, ``true``/``false``, a string, or else
+        the identifier itself (``relu``, ``mupc``, ``same``)."""
+        if isinstance(t, Tree) and t.data == "var":
+            name = str(t.children[0])
+            var = ctx.scope.var(name)
+            if var is None:
+                return {"true": True, "false": False}.get(name, name)
+        if isinstance(t, Tree) and t.data == "string":
+            return str(t.children[0])[1:-1]
+        if isinstance(t, Tree) and t.data == "call":
+            raise self.error("a call is not allowed here; give a number or a name",
+                             self.span(ctx.file, t), code="bad-value", ctx=ctx)
+        return self.eval(t, ctx, names=True)
+
+    _OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%"}
+
+    def eval(self, t, ctx: _Ctx, names: bool = False) -> Value:
+        """Evaluate an expression tree to a number (or, with ``names``, a block's name argument
+        when the expression is just that argument)."""
+        kind = t.data
+        if kind == "number":
+            s = str(t.children[0])
+            return float(s) if any(c in s for c in ".eE") else int(s)
+        if kind == "var":
+            tok = t.children[0]
+            name = str(tok)
+            var = ctx.scope.var(name)
+            if var is None:
+                known = [n for n in ctx.scope.visible("vars")]
+                hint = did_you_mean(name, known) or (
+                    "define it with `param " + name + " = ...`")
+                raise self.error(f"unknown parameter {name!r}", self.span(ctx.file, tok),
+                                 hint=hint, code="unknown-parameter", ctx=ctx)
+            var.used = True
+            if isinstance(var.value, str) and not names:
+                raise self.error(f"{name!r} is the name {var.value!r} here, not a number",
+                                 self.span(ctx.file, tok), hint=var.note, code="bad-value",
+                                 ctx=ctx)
+            return var.value
+        if kind == "string":
+            raise self.error("a string is not a number", self.span(ctx.file, t), code="bad-value",
+                             ctx=ctx)
+        if kind in ("neg", "pos"):
+            v = self.eval(t.children[0], ctx)
+            return -v if kind == "neg" else +v  # type: ignore[operator]
+        a, b = (self.eval(c, ctx) for c in t.children)
+        if isinstance(a, bool) or isinstance(b, bool):
+            raise self.error("true/false are not numbers", self.span(ctx.file, t),
+                             code="bad-value", ctx=ctx)
+        if kind == "add":
+            return a + b
+        if kind == "sub":
+            return a - b
+        if kind == "mul":
+            return a * b
+        if b == 0:
+            raise self.error(f"division by zero in {self._OPS[kind]!r}", self.span(ctx.file, t),
+                             code="division-by-zero", ctx=ctx)
+        if kind == "div":  # ints stay ints when the division is exact
+            if isinstance(a, int) and isinstance(b, int) and a % b == 0:
+                return a // b
+            return a / b
+        if kind == "floordiv":
+            return a // b
+        return a % b
