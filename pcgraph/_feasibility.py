@@ -1,0 +1,361 @@
+"""Proposition 3.2 (seed 004) and the per-node initialisation plan.
+
+*Forward initialisation exists only if the graph is a DAG and every root (parentless node) is
+clamped.* A forward initialisation sets every free node to its prediction, μ_v = h_v, computed in
+topological order from the clamped nodes. A clamped node holds data whatever its parents predict, so
+it cuts every path through it: the question is asked of the **query graph**, the energy graph with
+the edges *into* clamped nodes removed. That graph has exactly the same unclamped roots as the
+energy graph, and a cycle of it is a cycle of free nodes (a cycle that passes through a clamped node
+never has to close). For a query that clamps no node of a cycle this is Prop. 3.2 word for word.
+
+Per node (the ``auto`` policy): a free node is *forward-initialisable* when, in the query graph,
+neither it nor any ancestor lies on a cycle and every root among its ancestors is clamped (so it has
+at least one parent). ``auto`` picks ``forward`` there, ``amortised`` for targets of ``~>`` edges
+whose sources are available (clamped, or themselves forward/amortised), and ``mem`` elsewhere.
+
+Everything here works on IR with mistakes in it (undeclared names, duplicates): edges naming
+undeclared nodes are ignored, so the validator can call it before reporting them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import networkx as nx
+
+from ._diagnostics import Diagnostic, PcgError
+from ._graph import natural_key
+from ._ir import NO_SPAN, ModelIR, QueryIR, Span
+
+INIT_METHODS = ("auto", "zero", "random", "null", "forward", "avg", "mem", "amortised", "sweep")
+MEM_HINT = (
+    "forward initialisation needs a DAG with every root clamped (Prop. 3.2); "
+    "use init = mem (a learned memory, works for any graph) or init = auto (forward where possible)"
+)
+
+Edge = tuple[str, str]
+
+
+# --------------------------------------------------------------------------------------- graphs
+def energy_graph(model: ModelIR) -> nx.DiGraph:
+    """The energy graph (``->`` edges) with nodes and edges in natural-sort order.
+
+    Unlike ``_graph.to_graph`` it never raises: duplicates collapse and edges that name undeclared
+    nodes are dropped. Sorting makes every result independent of declaration order."""
+    G = nx.DiGraph()
+    names = {n.name for n in model.nodes}
+    G.add_nodes_from(sorted(names, key=natural_key))
+    edges = {(e.src, e.dst) for e in model.edges if e.src in names and e.dst in names}
+    G.add_edges_from(sorted(edges, key=lambda uv: (natural_key(uv[0]), natural_key(uv[1]))))
+    return G
+
+
+def query_graph(G: nx.DiGraph, clamped: Iterable[str]) -> nx.DiGraph:
+    """``G`` without the edges into clamped nodes (a clamped value does not depend on its parents)."""
+    clamped = set(clamped)
+    R = G.copy()
+    R.remove_edges_from([(u, v) for u, v in G.edges if v in clamped])
+    return R
+
+
+def _sorted(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=natural_key)
+
+
+def find_cycles(G: nx.DiGraph) -> list[tuple[Edge, ...]]:
+    """One cycle (as its edges) per strongly connected component that has one, deterministic."""
+    cycles = []
+    for comp in nx.strongly_connected_components(G):
+        start = _sorted(comp)[0]
+        if len(comp) == 1 and not G.has_edge(start, start):
+            continue
+        sub = G.subgraph(comp)
+        cyc = nx.find_cycle(sub, source=start)
+        cycles.append(tuple((u, v) for u, v, *_ in cyc))
+    cycles.sort(key=lambda c: natural_key(c[0][0]))
+    return cycles
+
+
+def name_list(names: list[str], limit: int = 10) -> str:
+    """``a, b, c`` (at most ``limit`` names, then ``and N more``)."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
+
+
+def cycle_text(cycle: Iterable[Edge]) -> str:
+    """``a -> b -> a``."""
+    cycle = list(cycle)
+    if not cycle:
+        return ""
+    return " -> ".join([u for u, _ in cycle] + [cycle[-1][1]])
+
+
+# ------------------------------------------------------------------------------ graph report
+@dataclass(frozen=True)
+class GraphReport:
+    """Topology facts of the energy graph (no query involved)."""
+
+    is_dag: bool
+    cycles: tuple[tuple[Edge, ...], ...]  # one per strongly connected component with a cycle
+    roots: tuple[str, ...]  # nodes without parents
+    leaves: tuple[str, ...]  # nodes without children
+    isolated: tuple[str, ...]  # nodes without any energy edge
+    longest_path: int | None  # L, in edges, for a DAG (SMM_BP = 2L − 1); None for cyclic graphs
+
+    def as_dict(self) -> dict:
+        return {
+            "is_dag": self.is_dag,
+            "cycles": [[list(e) for e in c] for c in self.cycles],
+            "roots": list(self.roots),
+            "leaves": list(self.leaves),
+            "isolated": list(self.isolated),
+            "longest_path": self.longest_path,
+        }
+
+
+def analyse(model: ModelIR) -> GraphReport:
+    G = energy_graph(model)
+    is_dag = nx.is_directed_acyclic_graph(G)
+    return GraphReport(
+        is_dag=is_dag,
+        cycles=tuple(find_cycles(G)),
+        roots=tuple(v for v in G if G.in_degree(v) == 0),
+        leaves=tuple(v for v in G if G.out_degree(v) == 0),
+        isolated=tuple(v for v in G if G.degree(v) == 0),
+        longest_path=nx.dag_longest_path_length(G) if is_dag else None,
+    )
+
+
+# ---------------------------------------------------------------------------- per query
+@dataclass(frozen=True)
+class Feasibility:
+    """Whether forward initialisation exists for a query (Prop. 3.2) and why not."""
+
+    feasible: bool
+    reason: str
+    cycle: tuple[Edge, ...] = ()  # the first cycle of free nodes, if any
+    unclamped_roots: tuple[str, ...] = ()
+    cycles: tuple[tuple[Edge, ...], ...] = field(default=(), repr=False)  # all of them
+
+    def as_dict(self) -> dict:
+        return {
+            "feasible": self.feasible,
+            "reason": self.reason,
+            "cycle": [list(e) for e in self.cycle],
+            "unclamped_roots": list(self.unclamped_roots),
+        }
+
+
+def _query(model: ModelIR, query: QueryIR | str) -> QueryIR:
+    return model.query(query) if isinstance(query, str) else query
+
+
+class _Analysis:
+    """The query graph of one query and which free nodes are forward-initialisable."""
+
+    def __init__(self, model: ModelIR, query: QueryIR):
+        self.G = energy_graph(model)
+        self.clamped = {c for c in query.clamp if c in self.G}
+        self.R = query_graph(self.G, self.clamped)
+        self.cycles = find_cycles(self.R)
+        self.on_cycle = {u for c in self.cycles for e in c for u in e}
+        for comp in nx.strongly_connected_components(self.R):  # every node of a cyclic SCC
+            if len(comp) > 1 or any(self.R.has_edge(v, v) for v in comp):
+                self.on_cycle |= comp
+        self.free_roots = [v for v in self.R if self.R.in_degree(v) == 0 and v not in self.clamped]
+        self.free = [v for v in self.G if v not in self.clamped]
+        # nodes downstream of (or on) a cycle or an unclamped root: one pass, linear time
+        self.blocked: set[str] = set()
+        stack = [*self.on_cycle, *self.free_roots]
+        while stack:
+            v = stack.pop()
+            if v not in self.blocked:
+                self.blocked.add(v)
+                stack.extend(self.R.successors(v))
+
+    def blockers(self, v: str) -> tuple[set[str], set[str]]:
+        """(nodes on cycles, unclamped roots) among ``v`` and its ancestors in the query graph."""
+        up = nx.ancestors(self.R, v) | {v}
+        return up & self.on_cycle, {r for r in self.free_roots if r in up}
+
+    def forward_ok(self, v: str) -> bool:
+        return v not in self.blocked
+
+    def cycle_through(self, nodes: set[str]) -> tuple[Edge, ...]:
+        for c in self.cycles:
+            if any(u in nodes for u, _ in c):
+                return c
+        # a node in a cyclic SCC but not on the one cycle found for it
+        v = _sorted(nodes)[0]
+        comp = next(c for c in nx.strongly_connected_components(self.R) if v in c)
+        return tuple((a, b) for a, b, *_ in nx.find_cycle(self.R.subgraph(comp), source=v))
+
+    def node_reason(self, v: str) -> str:
+        """Why ``v`` cannot be forward-initialised (empty when it can)."""
+        if v not in self.G or self.forward_ok(v):
+            return ""
+        cyc, roots = self.blockers(v)
+        parts = []
+        if v in self.free_roots:
+            parts.append(f"{v} has no parents and is not clamped")
+        elif roots:
+            parts.append(f"{v} depends on unclamped root(s) {', '.join(_sorted(roots))}")
+        if cyc:
+            where = "is on" if v in self.on_cycle else "is downstream of"
+            c = self.cycle_through({v} if v in self.on_cycle else cyc)
+            parts.append(f"{v} {where} the cycle {cycle_text(c)}")
+        return "; ".join(parts)
+
+
+def query_feasibility(model: ModelIR, query: QueryIR | str) -> Feasibility:
+    """Prop. 3.2 for one query: can every free node be forward-initialised?"""
+    a = _Analysis(model, _query(model, query))
+    roots = tuple(a.free_roots)
+    parts = []
+    if a.cycles:
+        parts.append(f"graph has a cycle {cycle_text(a.cycles[0])}")
+        if len(a.cycles) > 1:
+            parts[-1] += f" (and {len(a.cycles) - 1} more)"
+    if roots:
+        parts.append(f"roots not clamped: {name_list(list(roots))}")
+    if parts:
+        return Feasibility(False, "; ".join(parts), a.cycles[0] if a.cycles else (), roots,
+                           tuple(a.cycles))
+    if nx.is_directed_acyclic_graph(a.G):
+        reason = "DAG with every root clamped"
+    else:
+        reason = "every root clamped and every cycle passes through a clamped node"
+    return Feasibility(True, reason)
+
+
+# --------------------------------------------------------------------------- init plan
+@dataclass(frozen=True)
+class PlanProblem:
+    """An initialisation request that cannot be honoured (forward where Prop. 3.2 forbids it, or
+    amortised on a node without a ``~>`` edge). ``origin`` says where it was requested:
+    ``"node"`` (the node's ``init =``), ``"query"`` (the query's ``init n = ...``), ``"override"``
+    (the API), ``"default"`` (the model setting ``init`` or the API default)."""
+
+    node: str
+    method: str
+    origin: str
+    reason: str
+    span: Span = NO_SPAN
+
+
+def _requests(model, query, overrides, default):
+    """(node -> (method, origin, span)) explicit requests, later sources winning; global default."""
+    req: dict[str, tuple[str, str, Span]] = {}
+    for n in model.nodes:
+        if n.init is not None:
+            req[n.name] = (n.init, "node", n.span)
+    spans = dict(query.name_spans)
+    for name, m in query.init:
+        req[name] = (m, "query", spans.get(name, query.span))
+    for name, m in (overrides or {}).items():
+        req[name] = (m, "override", NO_SPAN)
+    glob = default if default is not None else model.settings.get("init")
+    return req, glob
+
+
+def plan_with_problems(
+    model: ModelIR,
+    query: QueryIR | str,
+    overrides: Mapping[str, str] | None = None,
+    default: str | None = None,
+) -> tuple[dict[str, str], list[PlanProblem]]:
+    """The init plan and the requests it could not honour (never raises)."""
+    query = _query(model, query)
+    a = _Analysis(model, query)
+    req, glob = _requests(model, query, overrides, default)
+    plan: dict[str, str] = {}
+    problems: list[PlanProblem] = []
+    # sources of amortised edges into each node
+    amort: dict[str, set[str]] = {}
+    for e in model.amortised:
+        if e.src in a.G and e.dst in a.G:
+            amort.setdefault(e.dst, set()).add(e.src)
+
+    auto_nodes = []
+    for v in a.G:
+        if v in a.clamped:
+            plan[v] = "clamped"
+            continue
+        method, origin, span = req.get(v, (glob, "default", model.settings.span))
+        if method == "auto":
+            auto_nodes.append(v)
+            continue
+        plan[v] = method
+        if method == "forward" and not a.forward_ok(v):
+            reason = a.node_reason(v) if origin != "default" else ""
+            problems.append(PlanProblem(v, method, origin, reason, span))
+        elif method == "amortised" and v not in amort:
+            problems.append(PlanProblem(v, method, origin, f"{v} is not the target of a ~> edge", span))
+    for v in auto_nodes:
+        if a.forward_ok(v):
+            plan[v] = "forward"
+    # amortised: every ~> source available (clamped, forward or amortised); iterate to a fixpoint
+    changed = True
+    while changed:
+        changed = False
+        for v in auto_nodes:
+            if v not in plan and v in amort and all(
+                plan.get(s) in ("clamped", "forward", "amortised") for s in amort[v]
+            ):
+                plan[v] = "amortised"
+                changed = True
+    for v in auto_nodes:
+        plan.setdefault(v, "mem")
+    return {v: plan[v] for v in a.G}, problems
+
+
+def init_plan(
+    model: ModelIR,
+    query: QueryIR | str,
+    overrides: Mapping[str, str] | None = None,
+    default: str | None = None,
+) -> dict[str, str]:
+    """``{node: method}`` for one query, in natural node order.
+
+    Clamped nodes get ``"clamped"``. A free node's method is, by priority: ``overrides[node]`` (the
+    API), the query's ``init node = m``, the node's own ``init = m``, then ``default`` (the API) or
+    the model setting ``init``. ``auto`` resolves per node (module docstring). Raises ``PcgError``
+    when forward is requested where Prop. 3.2 forbids it, or amortised without a ``~>`` edge."""
+    plan, problems = plan_with_problems(model, query, overrides, default)
+    if problems:
+        raise PcgError(plan_diagnostics(model, _query(model, query), problems))
+    return plan
+
+
+def plan_diagnostics(model: ModelIR, query: QueryIR, problems: list[PlanProblem]) -> list[Diagnostic]:
+    """One diagnostic per problem, except that forward requested by the default policy (model
+    setting or API default) gives a single diagnostic for the query, with Prop. 3.2's reason."""
+    out = [problem_diagnostic(p, query.name) for p in problems
+           if not (p.origin == "default" and p.method == "forward")]
+    blocked = [p for p in problems if p.origin == "default" and p.method == "forward"]
+    if blocked:
+        reason = query_feasibility(model, query).reason
+        nodes = name_list([p.node for p in blocked])
+        msg = (f"init = forward is impossible in query {query.name!r}: {reason} "
+               f"(free nodes that cannot be forward-initialised: {nodes})")
+        out.append(Diagnostic("error", msg, blocked[0].span, MEM_HINT, "forward-infeasible"))
+    return out
+
+
+def forward_order(model: ModelIR, query: QueryIR | str, plan: Mapping[str, str]) -> list[str]:
+    """The forward-planned nodes of ``plan`` in an order where each comes after its parents."""
+    a = _Analysis(model, _query(model, query))
+    keep = [v for v in a.R if plan.get(v) in ("clamped", "forward")]
+    order = list(nx.lexicographical_topological_sort(a.R.subgraph(keep), key=natural_key))
+    return [v for v in order if plan.get(v) == "forward"]
+
+
+def problem_diagnostic(p: PlanProblem, query: str) -> Diagnostic:
+    if p.method == "forward":
+        msg = f"init = forward is impossible for node {p.node!r} in query {query!r}: {p.reason}"
+        return Diagnostic("error", msg, p.span, MEM_HINT, "forward-infeasible")
+    msg = f"init = {p.method} is impossible for node {p.node!r} in query {query!r}: {p.reason}"
+    return Diagnostic("error", msg, p.span, f"add an amortised edge `x ~> {p.node}` or use init = mem",
+                      "amortised-without-edge")

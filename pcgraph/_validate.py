@@ -1,0 +1,484 @@
+"""Every validation rule of a model, all problems at once.
+
+``validate(model, sources)`` returns a list of ``Diagnostic`` (errors and warnings) sorted by
+position; an empty list (or warnings only) means the model can be built. It never raises, whatever
+the IR holds: undeclared names, duplicates and bad shapes are reported, not tripped over.
+
+``sources`` maps file names to their text. It is optional and only sharpens positions: a node's
+activation, a setting's key or a name inside an edge is located within the span of its declaration.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import networkx as nx
+
+from ._diagnostics import Diagnostic, did_you_mean
+from ._feasibility import (
+    INIT_METHODS,
+    MEM_HINT,
+    energy_graph,
+    name_list,
+    plan_diagnostics,
+    plan_with_problems,
+    problem_diagnostic,
+)
+from ._graph import natural_key
+from ._ir import DEFAULT_SETTINGS, NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
+from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, resolve_chain
+
+ACTIVATIONS = frozenset(
+    {"identity", "relu", "gelu", "tanh", "sigmoid", "softplus", "leaky_relu", "elu", "silu",
+     "swish", "softmax"}
+)
+ENERGIES = frozenset({"gaussian", "categorical"})
+PRIORS = frozenset({"gaussian"})
+PARAMETERISATIONS = frozenset({"standard", "mupc"})
+SOLVERS = frozenset({"gd", "euler", "heun", "tsit5"})
+# allowed values of string settings; other settings are typed by their default
+SETTING_CHOICES: dict[str, frozenset[str]] = {
+    "parameterisation": PARAMETERISATIONS,
+    "solver": SOLVERS,
+    "init": frozenset(INIT_METHODS),
+}
+_NONNEGATIVE = {"steps", "weight_decay", "weight_lr", "seed"}
+_POSITIVE = {"activity_lr"}
+
+
+def validate(model: ModelIR, sources: Mapping[str, str] | None = None) -> list[Diagnostic]:
+    v = _Validator(model, sources)
+    v.run()
+    return sorted(v.out, key=lambda d: (d.span.file, d.span.line, d.span.col))
+
+
+def errors(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    return [d for d in diagnostics if d.severity == "error"]
+
+
+class _Validator:
+    def __init__(self, model: ModelIR, sources: Mapping[str, str] | None):
+        self.m = model
+        self.sources = dict(sources or {})
+        self.out: list[Diagnostic] = []
+        self._reported: set = set()
+        self.nodes = {}  # first declaration of each name
+        for n in model.nodes:
+            self.nodes.setdefault(n.name, n)
+
+    # ------------------------------------------------------------------ helpers
+    def error(self, code, msg, span, hint=None):
+        self.out.append(Diagnostic("error", msg, span or NO_SPAN, hint, code))
+
+    def warn(self, code, msg, span, hint=None):
+        self.out.append(Diagnostic("warning", msg, span or NO_SPAN, hint, code))
+
+    def _text(self, file: str) -> str | None:
+        if file not in self.sources:
+            try:
+                self.sources[file] = Path(file).read_text()
+            except (OSError, ValueError):
+                self.sources[file] = None
+        return self.sources[file]
+
+    def locate(self, span: Span, word: str, nth: int = 0) -> Span:
+        """The ``nth`` occurrence of ``word`` (a whole word) inside ``span``, or ``span`` itself."""
+        if span.line <= 0 or not word:
+            return span
+        text = self._text(span.file)
+        if not text:
+            return span
+        start = _offset(text, span.line, span.col)
+        end = _offset(text, span.end_line, span.end_col) if span.end_line >= span.line else start
+        pat = re.compile(r"(?<![\w.])" + re.escape(word) + r"(?![\w])")
+        hits = list(pat.finditer(text, start, max(end, start)))
+        if len(hits) <= nth:  # the span may cover only a name: look on along its last line
+            eol = text.find("\n", max(end, start))
+            hits = list(pat.finditer(text, start, len(text) if eol < 0 else eol))
+        if len(hits) <= nth:
+            return span
+        i = hits[nth].start()
+        line = text.count("\n", 0, i) + 1
+        col = i - (text.rfind("\n", 0, i) + 1) + 1
+        return Span(span.file, line, col, line, col + len(word))
+
+    def role_spans(self, q: QueryIR) -> dict[tuple[str, str], list[Span]]:
+        """Spans of the names of a query by role: ``{("clamp"|"read"|"init", name): [spans]}``.
+
+        The role of each name span is the last ``clamp``/``read``/``init`` keyword before it in
+        the source; without the source, ``name_spans`` is taken to list clamp, read, init names
+        in that order."""
+        order = ([("clamp", n) for n in q.clamp] + [("read", n) for n in q.read]
+                 + [("init", n) for n, _ in q.init])
+        kw = re.compile(r"\b(clamp|read|init)\b")
+        out: dict[tuple[str, str], list[Span]] = {}
+        for i, (name, span) in enumerate(q.name_spans):
+            role = None
+            text = self._text(span.file) if span.line > 0 else None
+            if text:
+                off = _offset(text, span.line, span.col)
+                lo = _offset(text, q.span.line, q.span.col) if q.span.file == span.file else 0
+                hits = kw.findall(text, max(0, min(lo, off)), off)
+                role = hits[-1] if hits else None
+            if role is None and i < len(order) and order[i][1] == name:
+                role = order[i][0]
+            out.setdefault((role, name), []).append(span)
+        return out
+
+    def undefined(self, name: str, where: str, span: Span) -> None:
+        hint = did_you_mean(name, self.nodes) or "declare it: `node " + name + ": [N]`"
+        self.error("undefined-name", f"{where} names undefined node {name!r}", span, hint)
+
+    # --------------------------------------------------------------------- rules
+    def run(self) -> None:
+        self.check_nodes()
+        self.check_edges(self.m.edges)
+        self.check_edges(self.m.amortised)
+        self.check_energy_structure()
+        self.check_settings()
+        self.check_params()
+        self.check_queries()
+        self.check_amortised_targets()
+        self.check_init_plans()
+
+    def check_nodes(self) -> None:
+        for i, n in enumerate(self.m.nodes):
+            first = self.nodes[n.name]
+            if first is not n:
+                self.error(
+                    "duplicate-node",
+                    f"node {n.name!r} is declared twice{_first(first.span)}",
+                    self.locate(n.span, n.name, self._nth_decl(i)),
+                    "rename one of them or delete the second declaration",
+                )
+            if not n.shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                  for d in n.shape):
+                self.error("bad-shape", f"node {n.name!r} has shape {list(n.shape)}; every "
+                           "dimension must be a positive integer", n.span,
+                           "write a shape like [784] or [1,28,28]")
+            self.choice("unknown-activation", f"node {n.name!r}: activation", n.act,
+                        ACTIVATIONS, n.span)
+            self.choice("unknown-energy", f"node {n.name!r}: energy", n.energy.kind, ENERGIES,
+                        n.span)
+            if not _positive(n.energy.precision):
+                self.error("bad-precision", f"node {n.name!r}: precision must be a positive "
+                           f"number, got {n.energy.precision!r}",
+                           self.locate(n.span, "precision"), "use e.g. precision = 1")
+            if n.prior is not None:
+                self.choice("unknown-prior", f"node {n.name!r}: prior", n.prior.kind, PRIORS,
+                            n.span)
+                if not _positive(n.prior.std):
+                    self.error("bad-prior", f"node {n.name!r}: prior std must be positive, got "
+                               f"{n.prior.std!r}", self.locate(n.span, "prior"),
+                               "write prior = gaussian(mean, std) with std > 0")
+            if n.init is not None:
+                self.choice("unknown-init", f"node {n.name!r}: init method", n.init,
+                            INIT_METHODS, n.span)
+
+    def _nth_decl(self, i: int) -> int:
+        """How many earlier declarations of node ``i``'s name start at the same place
+        (``node h, h: [4]``), so the caret lands on the right occurrence."""
+        n = self.m.nodes[i]
+        return sum(1 for o in self.m.nodes[:i] if o.name == n.name
+                   and (o.span.file, o.span.line, o.span.col) == (n.span.file, n.span.line,
+                                                                  n.span.col))
+
+    def choice(self, code, what, value, allowed, span, msg=None) -> bool:
+        if value in allowed:
+            return True
+        hint = did_you_mean(str(value), allowed) or "one of: " + ", ".join(sorted(allowed))
+        where = self.locate(span, str(value))
+        if (code, where, value) in self._reported:  # `node a, b: [4] act = rleu`: say it once
+            return False
+        self._reported.add((code, where, value))
+        self.error(code, msg or f"{what} {value!r} is unknown", where, hint)
+        return False
+
+    def check_edges(self, edges: tuple[EdgeIR, ...]) -> None:
+        seen: dict[tuple[str, str], EdgeIR] = {}
+        for e in edges:
+            arrow = "~>" if e.amortised else "->"
+            ok = True
+            for end in dict.fromkeys((e.src, e.dst)):
+                if end not in self.nodes:
+                    self.undefined(end, f"{_edge(e)}", self.locate(e.span, end))
+                    ok = False
+            if e.src == e.dst:
+                self.error("self-loop", f"{_edge(e)} connects node {e.src!r} to itself",
+                           e.span, "a node cannot predict itself; remove the edge or add an "
+                           "intermediate node")
+                ok = False
+            if (e.src, e.dst) in seen:
+                first = seen[(e.src, e.dst)]
+                self.error(
+                    "duplicate-edge",
+                    f"{_edge(e)} is declared twice{_first(first.span)}",
+                    e.span,
+                    f"write one edge and sum its terms with `+`: "
+                    f"`{e.src} {arrow} {e.dst} : dense + identity`",
+                )
+            else:
+                seen[(e.src, e.dst)] = e
+            if not e.terms:
+                self.error("empty-edge", f"{_edge(e)} has no transform", e.span,
+                           f"give it one: `{e.src} {arrow} {e.dst} : dense`")
+            for term in e.terms:
+                self.check_term(e, term, ok)
+
+    def check_term(self, e: EdgeIR, term: TermIR, names_ok: bool) -> None:
+        span = term.span if term.span.line > 0 else e.span
+        self.choice("unknown-activation", f"{_edge(e)}: pre-activation", term.pre,
+                    ACTIVATIONS, span)
+        known = True
+        for t in term.chain:
+            tspan = t.span if t.span.line > 0 else span
+            if t.kind not in TRANSFORMS:
+                hint = did_you_mean(t.kind, TRANSFORMS) or "one of: " + ", ".join(sorted(TRANSFORMS))
+                self.error("unknown-transform", f"{_edge(e)}: unknown transform {t.kind!r}",
+                           self.locate(tspan, t.kind), hint)
+                known = False
+                continue
+            allowed = TRANSFORM_ARGS[t.kind]
+            for k, _ in t.args:
+                if k not in allowed:
+                    hint = (did_you_mean(k, allowed) if allowed else None) or (
+                        f"{t.kind} takes " + (", ".join(allowed) if allowed else "no arguments"))
+                    self.error("unknown-argument", f"{_edge(e)}: {t.kind} has no argument {k!r}",
+                               self.locate(tspan, k), hint)
+                    known = False
+            if len(t.posargs) > len(allowed):
+                self.error("too-many-arguments", f"{_edge(e)}: {t.kind} takes at most "
+                           f"{len(allowed)} positional argument(s), got {len(t.posargs)}", tspan,
+                           f"{t.kind} takes " + (", ".join(allowed) if allowed else "no arguments"))
+                known = False
+        if not (known and names_ok and term.chain):
+            return
+        src, dst = self.nodes[e.src], self.nodes[e.dst]
+        try:
+            resolve_chain(term.chain, tuple(src.shape), tuple(dst.shape))
+        except ShapeError as err:
+            t = err.transform
+            where = t.span if t is not None and t.span.line > 0 else span
+            self.error(
+                "shape-mismatch",
+                f"{_edge(e)} (from {list(src.shape)} to {list(dst.shape)}): {err}",
+                where,
+                err.hint or "check the node shapes and the transforms' out= sizes",
+            )
+        except Exception as err:  # a malformed argument the shape rules did not anticipate
+            self.error("shape-mismatch", f"{_edge(e)}: {err}", span)
+
+    def check_energy_structure(self) -> None:
+        G = energy_graph(self.m)
+        for name, n in self.nodes.items():
+            if G.degree(name) == 0:
+                self.error(
+                    "isolated-node",
+                    f"node {name!r} has no energy edges: nothing predicts it and it predicts nothing",
+                    self.locate(n.span, name),
+                    f"connect it with `->` (e.g. `{name} -> other : dense`) or remove it; "
+                    "amortised `~>` edges are not part of the energy",
+                )
+                continue
+            if n.energy.kind == "categorical" and G.out_degree(name) > 0:
+                kids = ", ".join(sorted(G.successors(name), key=natural_key))
+                self.error(
+                    "categorical-not-leaf",
+                    f"node {name!r} has categorical energy but predicts other nodes ({kids})",
+                    self.locate(n.span, "categorical"),
+                    "categorical energy is only for output leaves; use energy = gaussian",
+                )
+            if n.prior is not None and G.in_degree(name) > 0:
+                parents = ", ".join(sorted(G.predecessors(name), key=natural_key))
+                self.error(
+                    "prior-with-parents",
+                    f"node {name!r} declares a prior but has parents ({parents}); priors apply "
+                    "only to parentless nodes and would be ignored",
+                    self.locate(n.span, "prior"),
+                    "remove the prior (its parents' prediction already constrains it)",
+                )
+
+    def check_settings(self) -> None:
+        s = self.m.settings
+        for key, value in s.values:
+            span = self.locate(s.span, key)
+            rest = Span(span.file, span.line, span.col, s.span.end_line, s.span.end_col)
+            if key not in DEFAULT_SETTINGS:
+                hint = did_you_mean(key, DEFAULT_SETTINGS) or (
+                    "known settings: " + ", ".join(DEFAULT_SETTINGS))
+                self.error("unknown-setting", f"unknown setting {key!r}", span, hint)
+                continue
+            default = DEFAULT_SETTINGS[key]
+            expected = type(default).__name__
+            if isinstance(default, str):
+                good = isinstance(value, str)
+            elif isinstance(default, int):
+                good = isinstance(value, int) and not isinstance(value, bool)
+            else:  # float: ints are fine
+                good = isinstance(value, (int, float)) and not isinstance(value, bool)
+                expected = "number"
+            if not good:
+                self.error("setting-type", f"setting {key!r} must be a {expected}, got "
+                           f"{value!r}", span, f"for example: {key} = {default}")
+                continue
+            if key in SETTING_CHOICES:
+                self.choice(f"unknown-{key}" if key != "init" else "unknown-init",
+                            f"setting {key}:", value, SETTING_CHOICES[key], rest)
+            elif key in _NONNEGATIVE and value < 0:
+                self.error("setting-range", f"setting {key!r} must be >= 0, got {value!r}", span)
+            elif key in _POSITIVE and value <= 0:
+                self.error("setting-range", f"setting {key!r} must be > 0, got {value!r}", span)
+
+    def check_params(self) -> None:
+        for p in self.m.params:
+            if not p.used:
+                self.warn("unused-param", f"parameter {p.name!r} is never used",
+                          self.locate(p.span, p.name), "remove it or use it")
+
+    def check_queries(self) -> None:
+        G = energy_graph(self.m)
+        seen: dict[str, QueryIR] = {}
+        for q in self.m.queries:
+            if q.name in seen:
+                self.error("duplicate-query", f"query {q.name!r} is declared "
+                           f"twice{_first(seen[q.name].span)}", self.locate(q.span, q.name),
+                           "rename one of them")
+            else:
+                seen[q.name] = q
+            spans = self.role_spans(q)
+            qspan = self.locate(q.span, q.name)
+
+            def span_of(role, name, k=0):
+                s = spans.get((role, name), [])
+                return s[k] if k < len(s) else (s[-1] if s else qspan)
+
+            for role, names in (("clamp", q.clamp), ("read", q.read),
+                                ("init", [n for n, _ in q.init])):
+                for name in dict.fromkeys(names):
+                    if name not in self.nodes:
+                        self.undefined(name, f"query {q.name!r}", span_of(role, name))
+            for role, names in (("clamp", q.clamp), ("read", q.read)):
+                for name in sorted({n for n in names if names.count(n) > 1}, key=natural_key):
+                    self.warn("repeated-name", f"query {q.name!r} lists {name!r} twice in "
+                              f"`{role}`", span_of(role, name, 1), "list it once")
+            for name in sorted(set(q.clamp) & set(q.read), key=natural_key):
+                self.error("clamped-and-read", f"query {q.name!r} both clamps and reads node "
+                           f"{name!r}", span_of("read", name),
+                           "a clamped node is held at data, so reading it returns the data; "
+                           "remove it from `read` (or from `clamp`)")
+            seen_init: dict[str, int] = {}
+            for name, method in q.init:
+                k = seen_init[name] = seen_init.get(name, -1) + 1
+                where = span_of("init", name, k)
+                if k == 1:
+                    self.error("duplicate-init", f"query {q.name!r} sets the init of {name!r} "
+                               "twice", where, "keep one")
+                self.choice("unknown-init", "", method, INIT_METHODS, where,
+                            f"query {q.name!r}: init method {method!r} (for node {name!r}) "
+                            "is unknown")
+                if name in q.clamp and k == 0:
+                    self.error("init-of-clamped", f"query {q.name!r} sets the init of "
+                               f"{name!r}, which it clamps", where,
+                               "clamped nodes hold data; remove the init")
+            clamped = {c for c in q.clamp if c in self.nodes}
+            if not q.clamp:
+                self.error("clamps-nothing", f"query {q.name!r} clamps no node", qspan,
+                           "add `clamp x` with the node(s) that receive data")
+                continue
+            self.check_unconstrained(q, G, clamped, qspan)
+
+    def check_unconstrained(self, q, G, clamped, span) -> None:
+        loose = []
+        for comp in nx.connected_components(G.to_undirected(as_view=True)):
+            if len(comp) > 1 and not comp & clamped:
+                loose += comp
+        if loose:
+            names = name_list(sorted(loose, key=natural_key))
+            self.error(
+                "unconstrained-nodes",
+                f"query {q.name!r}: free nodes {names} are not connected to any clamped node, so "
+                "their energy is unconstrained",
+                span,
+                "clamp one of them, or connect them with `->` edges to the clamped part",
+            )
+
+    def check_amortised_targets(self) -> None:
+        if not self.m.queries:
+            return
+        for e in self.m.amortised:
+            if e.dst in self.nodes and all(e.dst in q.clamp for q in self.m.queries):
+                self.warn("amortised-never-used", f"{_edge(e)} targets node "
+                          f"{e.dst!r}, which every query clamps, so it never initialises anything",
+                          e.span, "point it at a node that some query leaves free, or remove it")
+            chained = any(a.dst == e.src for a in self.m.amortised)  # img ~> h ~> z
+            if e.dst in self.nodes and e.src in self.nodes and not chained and not any(
+                e.src in q.clamp for q in self.m.queries
+            ):
+                self.warn("amortised-unclamped-source", f"{_edge(e)}: no query "
+                          f"clamps its source {e.src!r}", e.span,
+                          "an amortised initialiser reads data; start it at a clamped node")
+
+    def check_init_plans(self) -> None:
+        """forward (and amortised) requested where impossible, per query."""
+        grouped: dict[tuple, list] = {}
+        for i, q in enumerate(self.m.queries):
+            try:
+                _, problems = plan_with_problems(self.m, q)
+            except Exception:  # pragma: no cover - the plan survives bad IR; be safe anyway
+                continue
+            for p in problems:
+                if p.origin == "default":
+                    key = ("default", i)
+                elif p.origin == "query":
+                    key = ("query", i, p.node)
+                else:
+                    key = ("node", p.node, p.method)
+                grouped.setdefault(key, []).append((q, p))
+        for key, items in grouped.items():
+            q, p = items[0]
+            if key[0] == "default":
+                for d in plan_diagnostics(self.m, q, [pp for _, pp in items]):
+                    if d.code == "forward-infeasible":
+                        d = Diagnostic(d.severity, d.message.replace(
+                            "init = forward is", "init = forward (model setting) is", 1),
+                            self.locate(self.m.settings.span, "forward"), d.hint, d.code)
+                    self.out.append(d)
+            elif key[0] == "query":
+                for _, pp in items:
+                    self.out.append(problem_diagnostic(pp, q.name))
+            else:  # a node's own init, possibly impossible in several queries
+                names = ", ".join(dict.fromkeys(repr(qq.name) for qq, _ in items))
+                d = problem_diagnostic(p, q.name)
+                plural = "queries" if "," in names else "query"
+                msg = (f"init = {p.method} is impossible for node {p.node!r} in {plural} {names}: "
+                       f"{p.reason}")
+                self.out.append(Diagnostic("error", msg, self.locate(p.span, p.method), d.hint,
+                                           d.code))
+
+
+def _edge(e: EdgeIR) -> str:
+    """``edge x -> h`` / ``amortised edge x ~> z``."""
+    if e.amortised:
+        return f"amortised edge {e.src} ~> {e.dst}"
+    return f"edge {e.src} -> {e.dst}"
+
+
+def _first(span: Span) -> str:
+    return f" (first at line {span.line})" if span.line > 0 else ""
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
+def _offset(text: str, line: int, col: int) -> int:
+    """Character offset of 1-based (line, col) in ``text``."""
+    pos = 0
+    for _ in range(line - 1):
+        nl = text.find("\n", pos)
+        if nl < 0:
+            return len(text)
+        pos = nl + 1
+    return pos + col - 1
