@@ -26,8 +26,9 @@ print(json.dumps({"package": pcgraph.__file__, "grammar": _syntax.grammar_path()
 
 def test_installed_wheel_parses_with_its_own_grammar(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(dist)],
-                   cwd=ROOT, check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(dist)],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     (wheel,) = dist.glob("pcgraph-*.whl")
     assert "pcgraph/grammar/pcg.lark" in zipfile.ZipFile(wheel).namelist()
 
