@@ -142,6 +142,8 @@ DEFAULT_SETTINGS: Mapping[str, Scalar] = {
     "init": "auto",  # default activity initialisation policy
     "solver": "gd",  # gd | euler | heun | tsit5
     "seed": 0,
+    "epochs": 10,
+    "batch_size": 64,
 }
 
 

@@ -45,7 +45,7 @@ SETTING_CHOICES: dict[str, frozenset[str]] = {
     "init": frozenset(INIT_METHODS),
 }
 _NONNEGATIVE = {"steps", "weight_decay", "weight_lr", "seed"}
-_POSITIVE = {"activity_lr"}
+_POSITIVE = {"activity_lr", "epochs", "batch_size"}
 
 
 def validate(model: ModelIR, sources: Mapping[str, str] | None = None) -> list[Diagnostic]:
