@@ -1,0 +1,232 @@
+"""The energy F, per-node energies, predictions μ and the forward pass (DESIGN §1).
+
+    μ_v = φ_v( Σ_{terms t into v} s_t · chain_t(ψ_t(h_u)) )          ε_v = h_v − μ_v
+    F   = (1/B) Σ_batch Σ_v E_v
+
+* gaussian:    E_v = ½ π_v ‖ε_v‖²  (π_v the node's precision, default 1)
+* categorical: E_v = −Σ h_v · log_softmax(pre_v)   (pre_v the summed input; φ_v is ignored)
+* prior:       E_v = ½ ‖(h_v − m)/σ‖²  on a parentless node that declares ``prior = gaussian(m, σ)``
+
+**Sum over nodes and features, mean over the batch.** Given a ``QueryPlan``, free leaves are left
+out (their value is their prediction, the exact minimiser of their term) and so is the
+computation of their predictions. Every function here is pure and jit-able; activities are
+``Acts`` (one ``[G, B, *shape]`` array per node group, see ``_network``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import networkx as nx
+import numpy as np
+
+from ._graph import natural_key
+from ._network import (
+    Acts,
+    Network,
+    NodeGroup,
+    QueryPlan,
+    activation,
+    apply_member,
+    preactivations,
+)
+
+
+def _all_need(net: Network) -> tuple[bool, ...]:
+    return tuple(g.has_parents or g.prior is not None for g in net.plan.groups)
+
+
+def _mask(counts: Sequence[bool] | None, ndim: int, dtype):
+    """``None`` when every node counts, else a ``[G, 1, ...]`` 0/1 constant."""
+    if counts is None or all(counts):
+        return None
+    return jnp.asarray(np.asarray(counts, dtype=np.float64), dtype).reshape(
+        (len(counts),) + (1,) * (ndim - 1)
+    )
+
+
+def _elementwise(grp: NodeGroup, hg, pre):
+    """Energy density of a node group (same shape as ``hg``, or ``[G, B, F]`` for categorical)."""
+    if grp.has_parents:
+        if grp.energy == "categorical":
+            G, B = hg.shape[:2]
+            logp = jax.nn.log_softmax(pre.reshape(G, B, -1), axis=-1)
+            return -(hg.reshape(G, B, -1) * logp)
+        eps = hg - activation(grp.act)(pre)
+        return (0.5 * grp.precision) * (eps * eps)
+    if grp.prior is not None:
+        _, m, s = grp.prior
+        z = (hg - m) / s
+        return 0.5 * (z * z)
+    return None
+
+
+def _group_parts(net: Network, h: Acts, query: QueryPlan | None):
+    plan = net.plan
+    if query is not None:
+        query.check(net)
+    need = query.need if query is not None else _all_need(net)
+    pre = preactivations(net, h, need)
+    for gi, grp in enumerate(plan.groups):
+        if not need[gi]:
+            continue
+        dens = _elementwise(grp, h[gi], pre[gi])
+        if dens is None:
+            continue
+        yield gi, dens, _mask(query.counts[gi] if query is not None else None, dens.ndim, dens.dtype)
+
+
+def energy(net: Network, h: Acts, query: QueryPlan | None = None):
+    """F(h, θ): a scalar. With ``query``, free leaves are left out (see module docstring)."""
+    B = h[0].shape[1]
+    total = jnp.zeros((), h[0].dtype)
+    for _, dens, m in _group_parts(net, h, query):
+        total = total + (jnp.sum(dens) if m is None else jnp.sum(dens * m))
+    return total / B
+
+
+def group_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> list:
+    """Per node group, the per-node energies ``[G]`` (mean over the batch), or ``None``."""
+    out: list = [None] * len(net.plan.groups)
+    B = h[0].shape[1]
+    for gi, dens, m in _group_parts(net, h, query):
+        if m is not None:
+            dens = dens * m
+        out[gi] = jnp.sum(dens.reshape(dens.shape[0], -1), axis=1) / B
+    return out
+
+
+def node_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> dict[str, jax.Array]:
+    """``{node: E_v}`` (mean over the batch) for every node with an energy term in F."""
+    out = {}
+    for gi, e in enumerate(group_energies(net, h, query)):
+        if e is None:
+            continue
+        for i, n in enumerate(net.plan.groups[gi].names):
+            if query is None or query.counts[gi][i]:
+                out[n] = e[i]
+    return out
+
+
+def _predict(grp: NodeGroup, pre):
+    if grp.energy == "categorical":
+        shape = pre.shape
+        return jax.nn.softmax(pre.reshape(*shape[:2], -1), axis=-1).reshape(shape)
+    return activation(grp.act)(pre)
+
+
+def predict_groups(net: Network, h: Acts, need: Sequence[bool] | None = None) -> list:
+    """μ per node group (``None`` for groups without parents or not in ``need``). Categorical
+    nodes predict the probabilities ``softmax(pre)``."""
+    pre = preactivations(net, h, need)
+    return [
+        None if p is None else _predict(grp, p) for grp, p in zip(net.plan.groups, pre)
+    ]
+
+
+def predictions(net: Network, h: Acts) -> dict[str, jax.Array]:
+    """``{node: μ_v}`` for every node with parents (categorical: ``softmax`` of the logits)."""
+    out = {}
+    for grp, mu in zip(net.plan.groups, predict_groups(net, h)):
+        if mu is not None:
+            for i, n in enumerate(grp.names):
+                out[n] = mu[i]
+    return out
+
+
+def set_leaves(net: Network, h: Acts, query: QueryPlan) -> Acts:
+    """Free leaves take their prediction (μ, or softmax of the logits for categorical)."""
+    need = tuple(any(l) for l in query.leaf)
+    if not any(need):
+        return h
+    mu = predict_groups(net, h, need)
+    out = list(h)
+    for gi, lf in enumerate(query.leaf):
+        if not any(lf):
+            continue
+        if all(lf):
+            out[gi] = mu[gi]
+        else:
+            m = _mask(lf, h[gi].ndim, h[gi].dtype)
+            out[gi] = h[gi] * (1 - m) + mu[gi] * m
+    return tuple(out)
+
+
+def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.Array] | None = None):
+    """μ of one node from its parents' values (``values`` overrides ``h`` node by node)."""
+    plan = net.plan
+    values = values or {}
+    gi, _ = plan.loc[name]
+    grp = plan.groups[gi]
+    incoming = plan.incoming_of[name]
+    if not incoming:
+        raise ValueError(f"node {name!r} has no parents, so no prediction")
+    pre = None
+    for k, e in incoming:
+        tg = plan.terms[k]
+        src = plan.groups[tg.src].names[tg.src_idx[e]]
+        if src in values:
+            x = values[src]
+        else:
+            sg, si = plan.loc[src]
+            x = h[sg][si]
+        y = apply_member(tg, net.params[k], e, x)
+        pre = y if pre is None else pre + y
+    return _predict(grp, pre[None])[0]
+
+
+def forward_acts(net: Network, h: Acts, order: Sequence[str]) -> Acts:
+    """Set the nodes of ``order`` (each after its parents) to their predictions, in order."""
+    if not order:
+        return h
+    vals: dict[str, jax.Array] = {}
+    for v in order:
+        vals[v] = node_prediction(net, h, v, vals)
+    out = list(h)
+    for gi, grp in enumerate(net.plan.groups):
+        if not any(n in vals for n in grp.names):
+            continue
+        out[gi] = jnp.stack([vals[n] if n in vals else h[gi][i] for i, n in enumerate(grp.names)])
+    return tuple(out)
+
+
+class ForwardError(ValueError):
+    """A forward pass was asked where none exists (cycle, or unclamped root)."""
+
+
+def topological_order(net: Network, clamped: Sequence[str]) -> tuple[str, ...]:
+    """The unclamped nodes in an order where each comes after its parents (natural tie-break).
+
+    Raises ``ForwardError`` naming a cycle or the unclamped roots (Prop. 3.2 of seed 004)."""
+    plan = net.plan
+    clamped = set(clamped)
+    G = nx.DiGraph()
+    G.add_nodes_from(plan.node_names)
+    for v, ps in plan.parents:
+        if v not in clamped:  # a clamped value does not depend on its parents
+            G.add_edges_from((u, v) for u in ps)
+    roots = [v for v in sorted(G, key=natural_key) if not plan.parents_of[v] and v not in clamped]
+    problems = []
+    if not nx.is_directed_acyclic_graph(G):
+        cyc = nx.find_cycle(G)
+        problems.append("graph has a cycle " + " -> ".join([u for u, *_ in cyc] + [cyc[-1][1]]))
+    if roots:
+        problems.append("roots not clamped: " + ", ".join(roots))
+    if problems:
+        raise ForwardError(
+            "no forward pass exists (it needs a DAG with every root clamped, Prop. 3.2): "
+            + "; ".join(problems)
+            + ". Use inference, or init = mem / auto for initialisation."
+        )
+    order = nx.lexicographical_topological_sort(G, key=natural_key)
+    return tuple(v for v in order if v not in clamped)
+
+
+def forward(net: Network, clamped: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The forward pass from clamped roots: every other node set to its prediction, in
+    topological order. A DAG-only operation: raises ``ForwardError`` otherwise."""
+    order = topological_order(net, tuple(clamped))
+    h = net.pack(dict(clamped))
+    return net.unpack(forward_acts(net, h, order))
