@@ -1,0 +1,613 @@
+"""``pcgraph train / eval / draw / plot``: the command-line layer over ``_train``, ``_checkpoint``,
+``_draw`` and ``_plot``.
+
+``register(subparsers)`` adds the four subcommands to an argparse subparsers object (each parser's
+``_run`` default is its handler, as ``pcgraph._cli`` expects); ``SUBCOMMANDS`` lists
+``name -> (help, "module:configure", "module:run")`` for ``_cli.COMMANDS``. Nothing here imports
+JAX at module level: handlers import it when they run.
+
+Exit status: 0 success; 1 the model file has errors, or training diverged; 2 a usage, data,
+shape or checkpoint problem. Errors are one clear message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
+CHECKPOINT = "checkpoint.eqx"
+METRICS = "metrics.jsonl"
+
+TRAIN_JSON_FIELDS = """\
+--json prints one JSON object on stdout when training ends:
+  model            model name              data           data set name
+  algorithm        pc | ipc | bp           seed           seed of parameters and batch order
+  epochs           epochs completed        steps          weight updates done in total
+  steps_per_epoch  batches per epoch       batch_size     training batch size
+  test_accuracy    final test accuracy (0..1; null for generative models)
+  train_accuracy   final accuracy on (up to 2048) training examples
+  test_mse         reconstruction MSE (generative models; else null)
+  final_energy     mean energy F at t=0 over the last epoch
+  final_loss       mean output loss over the last epoch
+  smm_per_update   sequential matrix multiplications per weight update
+                   (PC: 2T + init chain, e.g. + L for forward; BP: 2L-1)
+  total_smm        smm per batch x batches trained
+  ms_per_step      mean training step time of the last epoch (ms, compile excluded)
+  train_time_s     seconds spent in training epochs (compile included, evaluation excluded)
+  wall_time_s      seconds for the whole command
+  out_dir          run directory (metrics.jsonl, checkpoint.eqx, checkpoint.json)
+  checkpoint       path of the last checkpoint
+  resumed_from     epoch the run was resumed from (0 for a fresh run)
+"""
+
+TRAIN_FILES = """\
+Files in --out DIR (default runs/MODEL):
+  metrics.jsonl    one JSON object a line: {"type": "epoch", epoch, step, energy, energy_end,
+                   train_loss, train_accuracy, test_accuracy, smm_per_update, total_smm,
+                   ms_per_step, epoch_time_s, wall_time_s, ...}; {"type": "step", epoch, step,
+                   energy, loss} about 10 times an epoch; {"type": "inference", epoch,
+                   node_energies: {node: [E at t=0..T]}} once an epoch
+  checkpoint.eqx   network + optimiser state + metadata, written atomically every epoch
+  checkpoint.json  a readable copy of the checkpoint metadata
+--resume continues from checkpoint.eqx and ends with exactly the parameters of an
+uninterrupted run (batch order depends only on seed and epoch). Options left out on resume
+are taken from the checkpoint; options that change the trajectory must match it.
+
+Exit status: 0 ok, 1 model errors or divergence, 2 usage/data/shape/checkpoint errors.
+"""
+
+# options that change the training trajectory (must match on --resume)
+TRAJECTORY = ("data", "fraction", "seed", "steps", "solver", "init", "activity_lr", "weight_lr",
+              "optimizer", "algorithm", "batch_size", "query", "test_query")
+# resolved hyperparameters that must match the checkpoint on --resume
+CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", "weight_optimizer",
+                     "weight_decay", "init", "solver", "algorithm", "batch_size",
+                     "parameterisation")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------ progress bar
+class Progress:
+    """A tiny progress bar on stderr: redrawn in place on a terminal, one line an epoch otherwise."""
+
+    def __init__(self, stream=None, enabled: bool = True, width: int = 24):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = width
+        self.epochs = 0
+        self.smm = None
+        self._last = 0.0
+        self._t0 = time.perf_counter()
+        self._dt = []
+
+    def start(self, epochs: int, smm) -> None:
+        self.epochs, self.smm = epochs, smm
+
+    @staticmethod
+    def _fmt(v, spec=".4g"):
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+    def _line(self, epoch, done, total, energy, loss, acc=None, ms=None) -> str:
+        fill = int(self.width * done / max(total, 1))
+        bar = "#" * fill + "-" * (self.width - fill)
+        parts = [f"epoch {epoch}/{self.epochs} [{bar}] {done}/{total}",
+                 f"E {self._fmt(energy)}", f"loss {self._fmt(loss)}"]
+        if acc is not None:
+            parts.append(f"acc {100 * acc:.1f}%")
+        if self.smm is not None:
+            parts.append(f"SMM {self._fmt(self.smm, 'g')}")
+        if ms is not None:
+            parts.append(f"{ms:.2f} ms/step")
+        return "  ".join(parts)
+
+    def step(self, ev: dict) -> None:
+        if not self.tty:
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.1 and ev["batch"] != ev["steps_per_epoch"]:
+            return
+        self._last = now
+        line = self._line(ev["epoch"], ev["batch"], ev["steps_per_epoch"], ev["energy"],
+                          ev["loss"])
+        self.stream.write("\r" + line + "\x1b[K")
+        self.stream.flush()
+
+    def epoch(self, m: dict, steps_per_epoch: int) -> None:
+        if not self.enabled:
+            return
+        acc = m.get("test_accuracy")
+        line = self._line(m["epoch"], steps_per_epoch, steps_per_epoch, m.get("energy"),
+                          m.get("train_loss"), acc, m.get("ms_per_step"))
+        if acc is None and m.get("test_mse") is not None:
+            line += f"  mse {m['test_mse']:.4g}"
+        self.stream.write(("\r" if self.tty else "") + line + ("\x1b[K" if self.tty else "") + "\n")
+        self.stream.flush()
+
+
+# ------------------------------------------------------------------------------ helpers
+def _load_model(path: str):
+    """The validated model, or CliError(code 1) with every diagnostic rendered."""
+    from ._cli import load_file
+
+    loaded = load_file(path)
+    if loaded.diagnostics:
+        print("\n".join(d.render(loaded.sources) for d in loaded.diagnostics), file=sys.stderr)
+    if not loaded.ok or loaded.model is None:
+        n = sum(d.severity == "error" for d in loaded.diagnostics)
+        raise CliError(f"{path}: {n} error(s); fix the model first (see `pcgraph check`)",
+                       EXIT_MODEL)
+    return loaded.model
+
+
+def _load_data(name: str, data_dir, fraction: float, seed: int):
+    from . import data as D
+
+    try:
+        return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed)
+    except (D.DataError, ValueError, OSError) as e:
+        raise CliError(str(e)) from None
+
+
+def _append_jsonl(path: Path, records) -> None:
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r, allow_nan=True) + "\n")
+        f.flush()
+
+
+def _rewrite_metrics(path: Path, keep_epochs: int) -> None:
+    """Keep the records of finished epochs (those a checkpoint covers); drop partial lines."""
+    from ._checkpoint import atomic_write
+
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(r.get("epoch", 0) or 0) <= keep_epochs and r.get("type") != "diverged":
+            kept.append(line)
+    atomic_write(path, lambda f: f.write("".join(s + "\n" for s in kept)), "w")
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# ------------------------------------------------------------------------------ train
+def configure_train(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = TRAIN_FILES + "\n" + TRAIN_JSON_FIELDS
+    p.add_argument("file", metavar="FILE", help=".pcg model file")
+    p.add_argument("--data", required=True, metavar="NAME",
+                   help="data set: digits (embedded), fashion-mnist, mnist, kmnist, cifar10")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files")
+    p.add_argument("--epochs", type=int, metavar="N", help="total epochs (default 10)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 64)")
+    p.add_argument("--steps", type=int, metavar="T", help="inference steps (default: settings)")
+    p.add_argument("--solver", choices=("gd", "euler", "heun", "tsit5"),
+                   help="inference solver (default: settings)")
+    p.add_argument("--init", metavar="METHOD",
+                   help="activity initialisation: auto, forward, zero, random, mem, ...")
+    p.add_argument("--activity-lr", type=float, metavar="LR", help="activity learning rate")
+    p.add_argument("--weight-lr", type=float, metavar="LR", help="weight learning rate")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="weight optimiser")
+    p.add_argument("--algorithm", choices=("pc", "ipc", "bp"),
+                   help="pc (default), incremental pc, or backprop baseline")
+    p.add_argument("--seed", type=int, metavar="S", help="seed (default: settings seed)")
+    p.add_argument("--fraction", type=float, metavar="F",
+                   help="use a stratified fraction of the training set (default 1)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.eqx")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--query", help="training query (default train)")
+    p.add_argument("--test-query", help="evaluation query (default test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        return _train(args)
+    except CliError as e:
+        _err(str(e))
+        return e.code
+
+
+def _train(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    model = _load_model(args.file)
+    out = Path(args.out or Path("runs") / model.name)
+    ckpt_path = out / CHECKPOINT
+    metrics_path = out / METRICS
+
+    cli = {k: getattr(args, k, None) for k in TRAJECTORY}
+    cli["data_dir"] = args.data_dir
+    meta = None
+    if args.resume and ckpt_path.exists():
+        from ._checkpoint import CheckpointError, read_meta
+
+        try:
+            meta = read_meta(ckpt_path)
+        except (CheckpointError, OSError) as e:
+            raise CliError(str(e)) from None
+        saved = meta.get("cli", {})
+        diffs = []
+        for k in TRAJECTORY:
+            if cli.get(k) is None:
+                cli[k] = saved.get(k)
+            elif saved.get(k) is not None and cli[k] != saved.get(k):
+                diffs.append(f"--{k.replace('_', '-')} {cli[k]} (checkpoint: {saved.get(k)})")
+        if diffs:
+            raise CliError(f"cannot resume {ckpt_path}: options differ from the checkpoint: "
+                           + "; ".join(diffs))
+        if cli.get("data_dir") is None:
+            cli["data_dir"] = saved.get("data_dir")
+    elif args.resume:
+        print(f"note: no checkpoint in {out}; starting from scratch", file=sys.stderr)
+
+    epochs = args.epochs if args.epochs is not None else (meta or {}).get("cli", {}).get("epochs")
+    for name, v, ok in (("--epochs", epochs, lambda v: v >= 1),
+                        ("--batch-size", cli["batch_size"], lambda v: v >= 1),
+                        ("--steps", cli["steps"], lambda v: v >= 0),
+                        ("--fraction", cli["fraction"], lambda v: 0 < v <= 1),
+                        ("--activity-lr", cli["activity_lr"], lambda v: v > 0),
+                        ("--weight-lr", cli["weight_lr"], lambda v: v >= 0)):
+        if v is not None and not ok(v):
+            raise CliError(f"{name} {v} is out of range")
+    q = cli["query"] or "train"
+    tq = cli["test_query"] or "test"
+    if q not in {x.name for x in model.queries}:
+        raise CliError(f"model {model.name} has no query {q!r}; it has: "
+                       + ", ".join(x.name for x in model.queries))
+    seed = int(cli["seed"] if cli["seed"] is not None else model.settings.get("seed"))
+    cli["seed"] = seed
+    fraction = float(cli["fraction"] or 1.0)
+    ds = _load_data(cli["data"], cli["data_dir"], fraction, seed)
+
+    import equinox as eqx
+
+    from . import data as D
+    from ._checkpoint import CheckpointError, load as ckpt_load, save as ckpt_save
+    from ._network import build
+    from ._train import (
+        BindingError,
+        TrainingDiverged,
+        TrainState,
+        bind,
+        fit,
+        make_optimizer,
+        model_hash,
+        prepare_dataset,
+        resolve_config,
+    )
+
+    try:
+        net = build(model, seed=seed)
+    except (ValueError, KeyError) as e:
+        raise CliError(f"cannot build {model.name}: {e}", EXIT_MODEL) from None
+    try:  # shapes before anything is compiled
+        binding = bind(net, q, tq)
+        prepare_dataset(net, ds, binding)
+    except (BindingError, D.DataShapeError, KeyError) as e:
+        raise CliError(str(e).strip('"')) from None
+
+    overrides = dict(steps=cli["steps"], activity_lr=cli["activity_lr"],
+                     weight_lr=cli["weight_lr"], weight_optimizer=cli["optimizer"],
+                     init=cli["init"], solver=cli["solver"], algorithm=cli["algorithm"] or "pc",
+                     epochs=epochs, batch_size=cli["batch_size"])
+    try:
+        cfg = resolve_config(net, **overrides)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    cli["epochs"] = cfg["epochs"]
+    mhash = model_hash(model)
+
+    state = None
+    resumed_from = 0
+    if meta is not None:
+        saved_cfg = meta.get("config") or {}
+        diffs = [f"{k} {cfg[k]!r} (checkpoint: {saved_cfg[k]!r})" for k in CONFIG_TRAJECTORY
+                 if k in saved_cfg and k in cfg and saved_cfg[k] != cfg[k]]
+        if diffs:
+            raise CliError(f"cannot resume {ckpt_path}: options differ from the checkpoint: "
+                           + "; ".join(diffs))
+        if meta.get("model_hash") and meta["model_hash"] != mhash:
+            raise CliError(f"cannot resume {ckpt_path}: it was written for a different model "
+                           f"(model hash {meta['model_hash'][:12]}, this file {mhash[:12]})")
+        opt = make_optimizer(cfg)
+        like_opt = opt.init(eqx.filter(net, eqx.is_inexact_array))
+        try:
+            net, opt_state, carry, meta = ckpt_load(ckpt_path, net, like_opt, None)
+        except CheckpointError as e:
+            raise CliError(str(e)) from None
+        state = TrainState.from_meta(opt_state, carry, meta)
+        resumed_from = state.epoch
+        _rewrite_metrics(metrics_path, state.epoch)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if metrics_path.exists():
+            print(f"note: {out} holds a previous run; overwriting it (use --resume to continue)",
+                  file=sys.stderr)
+        metrics_path.write_text("")
+
+    progress = Progress(enabled=not args.quiet)
+    log_every = 1
+    written = {"ckpt": str(ckpt_path) if meta is not None else None}
+
+    def callback(ev: dict):
+        nonlocal log_every
+        kind = ev["kind"]
+        if kind == "start":
+            progress.start(ev["epochs"], ev["smm_per_update"])
+            run_cfg[0] = ev["config"]
+            cfg_steps_per_epoch[0] = ev["steps_per_epoch"]
+            log_every = max(1, ev["steps_per_epoch"] // 10)
+        elif kind == "step":
+            progress.step(ev)
+            if ev["batch"] % log_every == 0 or ev["batch"] == 1:
+                _append_jsonl(metrics_path, [{"type": "step", "epoch": ev["epoch"],
+                                              "step": ev["step"], "energy": ev["energy"],
+                                              "energy_end": ev["energy_end"],
+                                              "loss": ev["loss"]}])
+        elif kind == "epoch":
+            m = ev["metrics"]
+            progress.epoch(m, cfg_steps_per_epoch[0])
+            recs = [m]
+            if ev.get("inference"):
+                recs.append({"type": "inference", "epoch": ev["epoch"], "step": m["step"],
+                             "node_energies": ev["inference"]})
+            _append_jsonl(metrics_path, recs)
+            st = ev["state"]
+            cmeta = {**st.meta(), "seed": seed, "model": model.name, "model_file": args.file,
+                     "model_hash": mhash, "settings": dict(model.settings.as_dict()),
+                     "config": {k: v for k, v in run_cfg[0].items()},
+                     "cli": cli, "rng": {"batch_order": "numpy default_rng([seed, epoch])",
+                                         "step_key": "fold_in(fold_in(PRNGKey(seed), epoch), batch)"}}
+            ckpt_save(ckpt_path, ev["net"], st.opt_state, st.carry, cmeta)
+            written["ckpt"] = str(ckpt_path)
+
+    cfg_steps_per_epoch = [len(ds.x_train) // cfg["batch_size"]]
+    run_cfg = [cfg]
+
+    try:
+        result = fit(net, ds, query=q, test_query=tq, seed=seed, callback=callback, state=state,
+                     **overrides)
+    except TrainingDiverged as e:
+        if progress.tty:
+            sys.stderr.write("\n")
+        _append_jsonl(metrics_path, [{"type": "diverged", "epoch": e.epoch, "step": e.step,
+                                      "nodes": list(e.nodes), "message": str(e)}])
+        _err(str(e))
+        return EXIT_MODEL
+    except (D.DataError, ValueError, KeyError, NotImplementedError) as e:
+        raise CliError(f"{type(e).__name__}: {e}") from None
+
+    final = result.final
+    summary = {
+        "model": model.name, "data": cli["data"], "algorithm": cfg["algorithm"], "seed": seed,
+        "epochs": result.state.epoch, "steps": result.state.step,
+        "steps_per_epoch": result.steps_per_epoch, "batch_size": cfg["batch_size"],
+        "test_accuracy": final.get("test_accuracy"), "train_accuracy": final.get("train_accuracy"),
+        "test_mse": final.get("test_mse"),
+        "final_energy": _jsonable(final.get("energy")), "final_loss": _jsonable(final.get("train_loss")),
+        "smm_per_update": result.smm_per_update,
+        "total_smm": result.smm_per_batch * result.state.step,
+        "ms_per_step": final.get("ms_per_step"),
+        "train_time_s": result.state.wall_time_s,
+        "wall_time_s": time.perf_counter() - t_start,
+        "out_dir": str(out), "checkpoint": written["ckpt"], "resumed_from": resumed_from,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        acc = summary["test_accuracy"]
+        res = (f"test accuracy {100 * acc:.2f}%" if acc is not None else
+               f"test mse {summary['test_mse']:.4g}" if summary["test_mse"] is not None else "done")
+        print(f"{model.name} on {cli['data']}: {res} after {summary['epochs']} epoch(s) "
+              f"({summary['train_time_s']:.1f} s training, {summary['smm_per_update']:g} SMM per "
+              f"update); run in {out}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ eval
+def configure_eval(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("--json prints {model, data, checkpoint, epoch, query, n, test_accuracy, test_mse}"
+                "\nExit status: 0 ok, 1 model errors, 2 usage/data/checkpoint errors.")
+    p.add_argument("file", metavar="FILE", help=".pcg model file")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="checkpoint file (or a run directory holding checkpoint.eqx)")
+    p.add_argument("--data", metavar="NAME", help="data set (default: the one trained on)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files")
+    p.add_argument("--query", help="evaluation query (default: the training run's, or test)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--json", action="store_true", help="print a JSON result on stdout")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    try:
+        return _eval(args)
+    except CliError as e:
+        _err(str(e))
+        return e.code
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = _load_model(args.file)
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        ckpt = ckpt / CHECKPOINT
+    from ._checkpoint import CheckpointError, read_meta
+
+    try:
+        meta = read_meta(ckpt)
+    except FileNotFoundError:
+        raise CliError(f"{ckpt}: no such checkpoint") from None
+    except (CheckpointError, OSError) as e:
+        raise CliError(str(e)) from None
+    saved = meta.get("cli", {})
+    name = args.data or saved.get("data")
+    if not name:
+        raise CliError("give --data NAME (the checkpoint does not say which data set it used)")
+    seed = int(meta.get("seed", 0))
+    # the same fraction and seed as training: standardisation uses the training subset's stats
+    same = name == saved.get("data")
+    ds = _load_data(name, args.data_dir or saved.get("data_dir"),
+                    float(saved.get("fraction") or 1.0) if same else 1.0,
+                    int(saved.get("seed") if saved.get("seed") is not None else seed))
+
+    import equinox as eqx
+
+    from . import data as D
+    from ._checkpoint import load as ckpt_load
+    from ._network import build
+    from ._train import BindingError, evaluate, make_optimizer, model_hash, resolve_config
+
+    net = build(model, seed=seed)
+    if meta.get("model_hash") and meta["model_hash"] != model_hash(model):
+        print(f"warning: {ckpt} was written for a different version of {args.file}",
+              file=sys.stderr)
+    cfg = dict(meta.get("config") or {})
+    if not cfg:
+        cfg = resolve_config(net)
+    like_opt = make_optimizer(cfg).init(eqx.filter(net, eqx.is_inexact_array))
+    try:
+        net, _, _, meta = ckpt_load(ckpt, net, like_opt, None)
+    except CheckpointError as e:
+        raise CliError(str(e)) from None
+    query = args.query or saved.get("test_query") or "test"
+    tq = saved.get("query") or "train"
+    try:
+        res = evaluate(net, ds, query=query, batch_size=args.batch_size, split=args.split,
+                       train_query=tq, steps=cfg.get("steps"), activity_lr=cfg.get("activity_lr"),
+                       init=None if saved.get("init") in ("avg", "null") else saved.get("init"),
+                       solver=cfg.get("solver"))
+    except (BindingError, D.DataError, ValueError, KeyError) as e:
+        raise CliError(str(e).strip('"')) from None
+    out = {"model": model.name, "data": name, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
+           "query": res.get("query", query), "split": args.split, "n": res.get("n"),
+           "test_accuracy": res.get("accuracy"), "test_mse": res.get("mse")}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif out["test_accuracy"] is not None:
+        print(f"{model.name} on {name} ({args.split}, {out['n']} examples): accuracy "
+              f"{100 * out['test_accuracy']:.2f}%")
+    else:
+        print(f"{model.name} on {name} ({args.split}, {out['n']} examples): reconstruction mse "
+              f"{out['test_mse']:.5g}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ draw
+def configure_draw(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help=".pcg model file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output picture (.png, .svg or .pdf)")
+    p.add_argument("--query", metavar="NAME",
+                   help="colour node roles of this query (default: train, else the first)")
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    try:
+        model = _load_model(args.file)
+        suffix = Path(args.output).suffix.lower()
+        if suffix not in (".png", ".svg", ".pdf"):
+            raise CliError(f"-o {args.output}: use a .png, .svg or .pdf file name")
+        if args.query and args.query not in {q.name for q in model.queries}:
+            raise CliError(f"model {model.name} has no query {args.query!r}; it has: "
+                           + (", ".join(q.name for q in model.queries) or "none"))
+        from ._draw import draw
+
+        try:
+            path = draw(model, args.output, query=args.query)
+        except OSError as e:
+            raise CliError(f"cannot write {args.output}: {e}") from None
+        print(f"wrote {path}", file=sys.stderr)
+        return EXIT_OK
+    except CliError as e:
+        _err(str(e))
+        return e.code
+
+
+# ------------------------------------------------------------------------------ plot
+def configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="DIR", help="run directory holding metrics.jsonl (or the file)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output picture (.png)")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from ._plot import plot_run
+
+    try:
+        path = plot_run(args.run, args.output)
+    except (FileNotFoundError, ValueError) as e:
+        _err(str(e))
+        return EXIT_USAGE
+    except OSError as e:
+        _err(f"cannot write {args.output}: {e}")
+        return EXIT_USAGE
+    print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ registration
+SUBCOMMANDS = {
+    "train": ("train a model on a data set (progress, metrics.jsonl, checkpoints, --resume)",
+              "pcgraph._cli_train:configure_train", "pcgraph._cli_train:run_train"),
+    "eval": ("evaluate a checkpoint on a data set's test split",
+             "pcgraph._cli_train:configure_eval", "pcgraph._cli_train:run_eval"),
+    "draw": ("draw a model's topology (PNG/SVG)",
+             "pcgraph._cli_train:configure_draw", "pcgraph._cli_train:run_draw"),
+    "plot": ("plot training curves of a run directory",
+             "pcgraph._cli_train:configure_plot", "pcgraph._cli_train:run_plot"),
+}
+
+_HANDLERS = {
+    "train": (configure_train, run_train),
+    "eval": (configure_eval, run_eval),
+    "draw": (configure_draw, run_draw),
+    "plot": (configure_plot, run_plot),
+}
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``eval``, ``draw`` and ``plot`` to an argparse subparsers object; each parser
+    gets ``_run`` (its handler ``args -> exit status``) as a default."""
+    for name, (help_, _, _) in SUBCOMMANDS.items():
+        configure, run = _HANDLERS[name]
+        p = subparsers.add_parser(name, help=help_, description=help_)
+        configure(p)
+        p.set_defaults(_run=run)
+
+
+def main(argv=None) -> int:
+    """A stand-alone entry point with just these four subcommands (for tests)."""
+    parser = argparse.ArgumentParser(prog="pcgraph")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,159 @@
+"""Training curves from a run directory's ``metrics.jsonl`` (written by ``pcgraph train``).
+
+``metrics.jsonl`` holds one JSON object a line, each with a ``type``:
+
+- ``"epoch"``: ``epoch``, ``step``, ``energy``, ``train_loss``, ``train_accuracy``,
+  ``test_accuracy``, ``smm_per_update``, ``total_smm``, ``ms_per_step``, ``epoch_time_s``,
+  ``wall_time_s`` (fields that do not apply are ``null``);
+- ``"step"``: ``epoch``, ``step``, ``energy``, ``loss`` (every few steps);
+- ``"inference"``: ``epoch``, ``step``, ``node_energies`` — ``{node: [E_v at t = 0..T]}`` for one
+  batch, the per-node energy over the inference steps.
+
+:func:`plot_run` draws energy, loss and accuracy per epoch, and the per-node energy over inference
+steps when recorded, into one PNG. No JAX is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Every record of a ``metrics.jsonl`` (a run directory or the file itself). A truncated last
+    line (a run killed mid-write) is skipped; any other bad line raises ``ValueError``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics file (run `pcgraph train ... --out DIR` first)")
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not valid JSON: {e}") from None
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _series(records, key):
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if _finite(v):
+            xs.append(r.get("epoch"))
+            ys.append(v)
+    return xs, ys
+
+
+def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> Path:
+    """Plot the curves of run directory (or metrics file) ``run`` to ``out`` (PNG/SVG/PDF)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run)
+    epochs = [r for r in records if r.get("type", "epoch") == "epoch"]
+    steps = [r for r in records if r.get("type") == "step"]
+    infer = [r for r in records if r.get("type") == "inference" and r.get("node_energies")]
+    if not epochs and not steps:
+        raise ValueError(f"{run}: metrics file has no epoch or step records")
+
+    panels = ["energy", "loss", "accuracy"] + (["inference"] if infer else [])
+    ncols = 2
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(11, 3.8 * nrows), squeeze=False)
+    flat = [a for row in axes for a in row]
+    for a in flat[len(panels):]:
+        a.axis("off")
+
+    def log_if_positive(ax, values):
+        if values and all(v > 0 for v in values) and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+
+    # steps per epoch, to put step records on the epoch axis
+    spe = None
+    if epochs and epochs[0].get("step"):
+        spe = epochs[0]["step"] / max(epochs[0].get("epoch", 1), 1)
+
+    ax = flat[panels.index("energy")]
+    vals = []
+    if steps and spe:
+        sx = [r["step"] / spe for r in steps if _finite(r.get("energy"))]
+        sy = [r["energy"] for r in steps if _finite(r.get("energy"))]
+        ax.plot(sx, sy, color="#9ab", lw=0.8, label="per step")
+        vals += sy
+    x, y = _series(epochs, "energy")
+    if y:
+        ax.plot(x, y, "o-", color="#1f77b4", label="epoch mean")
+        vals += y
+    log_if_positive(ax, vals)
+    ax.set_title("energy F (train)")
+    ax.set_xlabel("epoch")
+    if vals:
+        ax.legend(fontsize=8)
+
+    ax = flat[panels.index("loss")]
+    vals = []
+    for key, lab, c in (("train_loss", "train", "#d62728"), ("test_loss", "test", "#ff9896")):
+        x, y = _series(epochs, key)
+        if y:
+            ax.plot(x, y, "o-", color=c, label=lab)
+            vals += y
+    log_if_positive(ax, vals)
+    ax.set_title("loss")
+    ax.set_xlabel("epoch")
+    if vals:
+        ax.legend(fontsize=8)
+
+    ax = flat[panels.index("accuracy")]
+    any_acc = False
+    for key, lab, c in (("train_accuracy", "train", "#2ca02c"), ("test_accuracy", "test", "#9467bd")):
+        x, y = _series(epochs, key)
+        if y:
+            ax.plot(x, [100 * v for v in y], "o-", color=c, label=lab)
+            any_acc = True
+    ax.set_title("accuracy (%)")
+    ax.set_xlabel("epoch")
+    if any_acc:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no accuracy recorded\n(generative model)", ha="center", va="center",
+                transform=ax.transAxes, color="#777")
+
+    if infer:
+        ax = flat[panels.index("inference")]
+        rec = infer[-1]
+        ne = rec["node_energies"]
+        vals = []
+        cmap = plt.get_cmap("viridis")
+        names = list(ne)
+        for i, name in enumerate(names):
+            ys = [v for v in ne[name]]
+            vals += [v for v in ys if _finite(v)]
+            ax.plot(range(len(ys)), ys, color=cmap(i / max(len(names) - 1, 1)),
+                    label=name if len(names) <= 12 else None)
+        log_if_positive(ax, vals)
+        ax.set_title(f"per-node energy over inference (epoch {rec.get('epoch')})")
+        ax.set_xlabel("inference step t")
+        if len(names) <= 12:
+            ax.legend(fontsize=7, ncol=2)
+
+    fig.suptitle(title or f"training curves: {Path(run)}", fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
