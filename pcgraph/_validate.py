@@ -29,15 +29,8 @@ from ._feasibility import (
 from ._graph import natural_key
 from ._ir import DEFAULT_SETTINGS, NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
 from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, resolve_chain
+from ._vocab import ACTIVATIONS, ENERGIES, PARAMETERISATIONS, PRIORS, SOLVERS, WEIGHT_INITS
 
-ACTIVATIONS = frozenset(
-    {"identity", "relu", "gelu", "tanh", "sigmoid", "softplus", "leaky_relu", "elu", "silu",
-     "swish", "softmax"}
-)
-ENERGIES = frozenset({"gaussian", "categorical"})
-PRIORS = frozenset({"gaussian"})
-PARAMETERISATIONS = frozenset({"standard", "mupc"})
-SOLVERS = frozenset({"gd", "euler", "heun", "tsit5"})
 # allowed values of string settings; other settings are typed by their default
 SETTING_CHOICES: dict[str, frozenset[str]] = {
     "parameterisation": PARAMETERISATIONS,
@@ -231,6 +224,8 @@ class _Validator:
         span = term.span if term.span.line > 0 else e.span
         self.choice("unknown-activation", f"{_edge(e)}: pre-activation", term.pre,
                     ACTIVATIONS, span)
+        self.choice("unknown-weight-init", f"{_edge(e)}: weight init", term.weight_init,
+                    WEIGHT_INITS, span)
         known = True
         for t in term.chain:
             tspan = t.span if t.span.line > 0 else span
