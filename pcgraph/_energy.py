@@ -31,6 +31,7 @@ from ._network import (
     activation,
     apply_member,
     preactivations,
+    split_members,
 )
 
 
@@ -154,10 +155,13 @@ def set_leaves(net: Network, h: Acts, query: QueryPlan) -> Acts:
     return tuple(out)
 
 
-def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.Array] | None = None):
-    """μ of one node from its parents' values (``values`` overrides ``h`` node by node)."""
+def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.Array] | None = None,
+                    members: dict | None = None):
+    """μ of one node from its parents' values (``values`` overrides ``h`` node by node).
+    ``members`` caches each term group's per-member parameters across calls (a forward pass)."""
     plan = net.plan
     values = values or {}
+    members = {} if members is None else members
     gi, _ = plan.loc[name]
     grp = plan.groups[gi]
     incoming = plan.incoming_of[name]
@@ -172,7 +176,9 @@ def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.A
         else:
             sg, si = plan.loc[src]
             x = h[sg][si]
-        y = apply_member(tg, net.params[k], e, x)
+        if k not in members:
+            members[k] = split_members(net.params[k], tg.size)
+        y = apply_member(tg, members[k][e], e, x)
         pre = y if pre is None else pre + y
     return _predict(grp, pre[None])[0]
 
@@ -182,8 +188,9 @@ def forward_acts(net: Network, h: Acts, order: Sequence[str]) -> Acts:
     if not order:
         return h
     vals: dict[str, jax.Array] = {}
+    members: dict = {}
     for v in order:
-        vals[v] = node_prediction(net, h, v, vals)
+        vals[v] = node_prediction(net, h, v, vals, members)
     out = list(h)
     for gi, grp in enumerate(net.plan.groups):
         if not any(n in vals for n in grp.names):

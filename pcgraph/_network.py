@@ -673,10 +673,20 @@ def apply_terms(tg: TermGroup, params: tuple, x, scales: tuple[float, ...] | Non
     return _scale(x, tg.scales if scales is None else scales)
 
 
-def apply_member(tg: TermGroup, params: tuple, e: int, x):
-    """One member ``e`` of a term group on ``x: [B, ...]`` (used by the forward pass)."""
-    sub = tuple({n: a[e:e + 1] for n, a in p.items()} for p in params)
-    return apply_terms(tg, sub, x[None], (tg.scales[e],))[0]
+def split_members(params: tuple, size: int) -> tuple[tuple, ...]:
+    """A term group's stacked parameters as ``size`` per-member parameter tuples (leading axis
+    1). One ``jnp.split`` per array: its gradient is one concatenation, where slicing each member
+    out separately would differentiate into ``size`` full-size pads (O(size²) for a deep loop)."""
+    if size == 1:
+        return (params,)
+    parts = tuple({n: jnp.split(a, size, axis=0) for n, a in p.items()} for p in params)
+    return tuple(tuple({n: q[n][e] for n in q} for q in parts) for e in range(size))
+
+
+def apply_member(tg: TermGroup, member_params: tuple, e: int, x):
+    """Member ``e`` of a term group, with its own parameters (see :func:`split_members`), on
+    ``x: [B, ...]`` (used by the forward pass)."""
+    return apply_terms(tg, member_params, x[None], (tg.scales[e],))[0]
 
 
 def assemble(size: int, contribs: list[tuple[tuple[int, ...], jax.Array]]):
