@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from lark.exceptions import VisitError
 
@@ -49,10 +50,14 @@ class Checked:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
-def check(path_or_text: str | os.PathLike, *, validate: bool = True) -> Checked:
-    """Read, lower and (optionally) validate; never raises for problems in the model."""
+def check(path_or_text: str | os.PathLike, *, validate: bool = True,
+          params: Mapping[str, float] | None = None) -> Checked:
+    """Read, lower and (optionally) validate; never raises for problems in the model.
+    ``params`` overrides ``param`` declarations of the file (see :func:`load`)."""
     try:
         text, file = _read(path_or_text)
+        if params:
+            text = override_params(text, file, params)
     except PcgError as e:
         return Checked(None, list(e.diagnostics), dict(e.sources))
     try:
@@ -67,13 +72,50 @@ def check(path_or_text: str | os.PathLike, *, validate: bool = True) -> Checked:
     return Checked(model, diags, sources)
 
 
-def load(path_or_text: str | os.PathLike, *, validate: bool = True) -> ModelIR:
+def load(path_or_text: str | os.PathLike, *, validate: bool = True,
+         params: Mapping[str, float] | None = None) -> ModelIR:
     """A model from a ``.pcg`` file path or from ``.pcg`` text. Raises ``PcgError`` with every
-    error found (syntax, lowering, then validation)."""
-    c = check(path_or_text, validate=validate)
+    error found (syntax, lowering, then validation).
+
+    ``params`` overrides the values of the file's own ``param`` declarations (at the top level of
+    the file or of its model, not in loops or blocks), e.g.
+    ``load("models/resnet_mupc.pcg", params={"depth": 128, "width": 512})``; naming a parameter
+    the file does not declare is an error."""
+    c = check(path_or_text, validate=validate, params=params)
     if not c.ok or c.model is None:
         raise PcgError(c.diagnostics, c.sources)
     return c.model
+
+
+def override_params(text: str, file: str, params: Mapping[str, float]) -> str:
+    """``text`` with the value of each declared ``param NAME = ...`` named in ``params`` replaced
+    (declarations at the top level of the file or of its model). Raises ``PcgError`` for a name
+    the file does not declare there."""
+    tree = parse(text, file)
+    spans: dict[str, tuple[int, int]] = {}
+    stmts = list(tree.children)
+    for st in list(stmts):
+        if getattr(st, "data", None) == "model":
+            stmts += [c for c in st.children if getattr(c, "data", None) == "param_stmt"]
+    for st in stmts:
+        if getattr(st, "data", None) != "param_stmt":
+            continue
+        for d in st.children:
+            expr = d.children[1]
+            spans[str(d.children[0])] = (expr.meta.start_pos, expr.meta.end_pos)
+    unknown = [k for k in params if k not in spans]
+    if unknown:
+        known = ", ".join(spans) or "none"
+        raise PcgError([Diagnostic("error", f"no param {', '.join(map(repr, unknown))} to override "
+                                   f"in {file} (declared: {known})", Span(file, 0, 0),
+                                   code="param-override")])
+    for name, (a, b) in sorted(((k, spans[k]) for k in params), key=lambda kv: -kv[1][0]):
+        v = params[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise PcgError([Diagnostic("error", f"param {name!r} must be a number, got {v!r}",
+                                       Span(file, 0, 0), code="param-override")])
+        text = text[:a] + repr(v) + text[b:]
+    return text
 
 
 def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:

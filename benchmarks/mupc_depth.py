@@ -1,0 +1,284 @@
+"""μPC vs standard PC vs BP on Fashion-MNIST across depth (issue 6, DESIGN §4).
+
+Model: ``models/resnet_mupc.pcg`` sized with ``pcgraph.load(..., params={"depth": H, "width": N})``:
+``x -> h1`` (input layer), ``H - 2`` residual layers ``h{i-1} -> h{i} : dense(pre = relu) +
+identity``, ``h{H-1} -> y`` (readout), no biases, gaussian (MSE) output, one-hot labels. ``L = H``
+weight layers. Three ways of training the same graph:
+
+* ``mupc``: μPC scalings computed from the graph (``a_1 = 1/√D``, ``a_l = 1/√(N·H)``,
+  ``a_L = 1/N``, weights ``N(0, 1)``), PC with forward init, ``T = H`` plain-GD activity steps of
+  lr 0.5 on the batch-mean energy (``activity_scale = "batch"``, JPC's convention), Adam on weights.
+* ``standard``: the same graph, every scale 1, LeCun-normal weights, same PC settings and lrs.
+* ``bp``: the μPC-parameterised network trained by backprop on the same MSE loss (Adam).
+
+Batches of 64 drawn without replacement from a shuffled training set, test accuracy on the full
+10,000-image test set from the forward pass (the label is never clamped at test). The budget is
+``--epochs`` or, when given, ``--iters`` training iterations per run.
+
+Full protocol (GPU)::
+
+    python benchmarks/mupc_depth.py --widths 128 512 --depths 8 16 32 64 128 --epochs 1
+
+Reduced CPU run (what docs/results.md reports; two invocations appending to one file, then the
+table and plot from it)::
+
+    python benchmarks/mupc_depth.py --widths 128 --depths 8 16 32 64 --iters 300 \
+        --standard-iters 100 --eval-every 100 --json runs.jsonl --png ""
+    python benchmarks/mupc_depth.py --widths 128 --depths 128 --iters 200 \
+        --standard-iters 50 --eval-every 50 --json runs.jsonl --png ""
+    python benchmarks/mupc_depth.py --from-json runs.jsonl --png docs/img/mupc_depth.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import pcgraph  # noqa: E402
+from pcgraph._learn import make_eval_step, make_train_step  # noqa: E402
+
+MODEL = ROOT / "models" / "resnet_mupc.pcg"
+METHODS = ("mupc", "standard", "bp")
+
+
+def machine() -> str:
+    dev = jax.devices()[0]
+    return f"{dev.platform} ({getattr(dev, 'device_kind', '')}), {os.cpu_count()} CPU cores, jax {jax.__version__}"
+
+
+def resnet_mupc(depth: int, width: int, inputs: int = 784, classes: int = 10):
+    """The validated ``ModelIR`` of models/resnet_mupc.pcg at this size."""
+    return pcgraph.load(MODEL, params={"depth": depth, "width": width, "inputs": inputs,
+                                       "classes": classes})
+
+
+def load_data(fraction: float = 1.0, name: str = "fashion-mnist"):
+    return pcgraph.data.load(name, fraction=fraction)
+
+
+def build_net(method: str, depth: int, width: int, seed: int, inputs: int = 784):
+    param = "standard" if method == "standard" else "mupc"
+    return pcgraph.build(resnet_mupc(depth, width, inputs), seed=seed, parameterisation=param)
+
+
+def make_step(net, method: str, depth: int, *, weight_lr: float, activity_lr: float,
+              steps: int | None = None):
+    """The jitted training step of one method (``bp`` or PC for ``mupc``/``standard``). The Adam
+    learning rate lives in the optimiser state (``optax.inject_hyperparams``), so one compiled step
+    serves every weight lr (:func:`set_weight_lr`)."""
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=weight_lr)
+    if method == "bp":
+        return make_train_step(net, "train", method="bp", weight_optimizer=opt)
+    return make_train_step(net, "train", method="pc", weight_optimizer=opt,
+                           steps=depth if steps is None else steps, activity_lr=activity_lr,
+                           activity_scale="batch", init="forward")
+
+
+def set_weight_lr(state, lr: float):
+    hp = dict(state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+    return state._replace(hyperparams=hp)
+
+
+_STEPS: dict = {}
+
+
+def cached_steps(net, method: str, depth: int, width: int, activity_lr: float, steps):
+    """(train step, eval step) for this configuration, compiled once per process."""
+    key = (method, depth, width, float(activity_lr), steps, net.plan.parameterisation)
+    if key not in _STEPS:
+        _STEPS[key] = (make_step(net, method, depth, weight_lr=0.0, activity_lr=activity_lr,
+                                 steps=steps),
+                       make_eval_step(net, "test", init="forward"))
+    return _STEPS[key]
+
+
+def test_accuracy(net, ds, eval_step, batch: int = 1000) -> float:
+    correct = 0
+    for i in range(0, len(ds.x_test), batch):
+        out = eval_step(net, {"x": ds.x_test[i:i + batch]})["y"]
+        correct += int(np.sum(np.argmax(np.asarray(out), -1) == ds.y_test[i:i + batch]))
+    return 100.0 * correct / len(ds.x_test)
+
+
+def batches(ds, batch: int, seed: int):
+    """Endless batches: every epoch a fresh permutation, last partial batch dropped."""
+    rng = np.random.default_rng(seed)
+    n = len(ds.x_train)
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n - batch + 1, batch):
+            idx = perm[i:i + batch]
+            yield {"x": ds.x_train[idx], "y": ds.one_hot(ds.y_train[idx])}
+
+
+def train_run(ds, *, method: str, depth: int, width: int, iters: int, batch: int = 64,
+              weight_lr: float = 0.05, activity_lr: float = 0.5, seed: int = 0,
+              eval_at: tuple[int, ...] = (), steps: int | None = None, verbose: bool = False) -> dict:
+    """Train one network for ``iters`` iterations; returns accuracies, losses and timings.
+
+    A run whose loss turns non-finite stops there (its accuracy is reported on the last finite
+    network, which is what a NaN network would be replaced by: chance in practice)."""
+    net = build_net(method, depth, width, seed, inputs=ds.x_train.shape[1])
+    step, ev = cached_steps(net, method, depth, width, activity_lr, steps)
+    state = set_weight_lr(step.init(net), weight_lr)
+    it = batches(ds, batch, seed)
+    losses, curve = [], []
+    acc0 = test_accuracy(net, ds, ev)
+    t_compile = time.perf_counter()
+    net, state, m = step(net, state, next(it))
+    jax.block_until_ready(m["loss"])
+    t_compile = time.perf_counter() - t_compile
+    losses.append(float(m["loss"]))
+    diverged = not math.isfinite(losses[-1])
+    t0 = time.perf_counter()
+    done = 1
+    eval_at = set(eval_at)
+    while done < iters and not diverged:
+        prev = net
+        net, state, m = step(net, state, next(it))
+        done += 1
+        loss = float(m["loss"])
+        losses.append(loss)
+        if not math.isfinite(loss) or not math.isfinite(float(m["energy_end"])):
+            diverged, net = True, prev
+        if done in eval_at:
+            curve.append((done, test_accuracy(net, ds, ev)))
+            if verbose:
+                print(f"    {method} H={depth} N={width} iter {done}: acc {curve[-1][1]:.2f} "
+                      f"loss {np.mean(losses[-50:]):.4f}", flush=True)
+    per_iter = (time.perf_counter() - t0) / max(done - 1, 1)
+    acc = test_accuracy(net, ds, ev)
+    return {
+        "method": method, "depth": depth, "width": width, "batch": batch, "iters": done,
+        "epochs": done * batch / len(ds.x_train), "weight_lr": weight_lr,
+        "activity_lr": None if method == "bp" else activity_lr,
+        "T": None if method == "bp" else (depth if steps is None else steps),
+        "acc_init": acc0, "acc": acc, "diverged": diverged, "curve": curve,
+        "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
+        "s_per_iter": per_iter, "compile_s": t_compile,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| width | H | method | iters (epochs) | test acc % | train loss first→last | s/iter |",
+           "| ---: | ---: | --- | ---: | ---: | --- | ---: |"]
+    for r in rows:
+        flag = " (diverged)" if r["diverged"] else ""
+        out.append(f"| {r['width']} | {r['depth']} | {r['method']} | {r['iters']} "
+                   f"({r['epochs']:.2f}) | {r['acc']:.2f}{flag} | {r['loss_first']:.3g}→"
+                   f"{r['loss_last']:.3g} | {r['s_per_iter']:.3f} |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = sorted({r["width"] for r in rows})
+    fig, axes = plt.subplots(1, len(widths), figsize=(4.2 * len(widths), 3.2), squeeze=False)
+    for ax, w in zip(axes[0], widths):
+        for method, style in zip(METHODS, ("o-", "s--", "^:")):
+            rs = sorted((r for r in rows if r["width"] == w and r["method"] == method),
+                        key=lambda r: r["depth"])
+            if rs:
+                ax.plot([r["depth"] for r in rs], [r["acc"] for r in rs], style, label=method)
+        ax.axhline(10, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("depth H (weight layers)")
+        ax.set_ylabel("test accuracy %")
+        its = sorted({(r["depth"], r["iters"]) for r in rows
+                      if r["width"] == w and r["method"] != "standard"})
+        if len({i for _, i in its}) == 1:
+            budget = f"{its[0][1]} iters"
+        else:
+            budget = "iters " + ", ".join(f"H{d}:{i}" for d, i in its)
+        ax.set_title(f"Fashion-MNIST, width {w}\n{budget}", fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--widths", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=float, default=1.0, help="budget in epochs (default 1)")
+    ap.add_argument("--iters", type=int, default=None, help="budget in iterations (overrides --epochs)")
+    ap.add_argument("--standard-iters", type=int, default=None,
+                    help="a smaller budget for the standard parameterisation (default: the same)")
+    ap.add_argument("--weight-lr", type=float, default=0.05, help="Adam lr for PC (seed: 0.05)")
+    ap.add_argument("--activity-lr", type=float, default=0.5)
+    ap.add_argument("--bp-lr", type=float, default=0.05, help="Adam lr for BP")
+    ap.add_argument("--fraction", type=float, default=1.0, help="share of the training set")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--json", default=None, help="append one JSON line per run to this file")
+    ap.add_argument("--png", default="docs/img/mupc_depth.png")
+    ap.add_argument("--from-json", default=None,
+                    help="no training: tabulate and plot the runs saved by --json (several runs "
+                         "of this script can append to one file)")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(f"# {len(rows)} runs from {args.from_json} ({rows[0]['machine'] if rows else ''})")
+        print(table(rows))
+        if args.png:
+            plot(rows, args.png)
+            print(f"\nplot: {args.png}")
+        return
+
+    ds = load_data(args.fraction)
+    n_iter = args.iters or int(args.epochs * (len(ds.x_train) // args.batch))
+    print(f"# mupc_depth on {machine()}: {ds}, batch {args.batch}, budget {n_iter} iterations "
+          f"({n_iter * args.batch / len(ds.x_train):.2f} epochs)", flush=True)
+    rows = []
+    for w in args.widths:
+        for H in args.depths:
+            for method in args.methods:
+                iters = n_iter
+                if method == "standard" and args.standard_iters:
+                    iters = min(n_iter, args.standard_iters)
+                ev = tuple(range(args.eval_every, iters + 1, args.eval_every)) if args.eval_every else ()
+                lr = args.bp_lr if method == "bp" else args.weight_lr
+                r = train_run(ds, method=method, depth=H, width=w, iters=iters, batch=args.batch,
+                              weight_lr=lr, activity_lr=args.activity_lr, seed=args.seed,
+                              eval_at=ev, verbose=bool(ev))
+                rows.append(r)
+                print(f"  width {w} H {H:3d} {method:8s}: acc {r['acc']:.2f}% "
+                      f"(init {r['acc_init']:.1f}) loss {r['loss_first']:.3g}->{r['loss_last']:.3g}"
+                      f"{' DIVERGED' if r['diverged'] else ''}  {r['s_per_iter']:.3f} s/iter",
+                      flush=True)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({**r, "machine": machine()}) + "\n")
+    print()
+    print(table(rows))
+    if args.png:
+        plot(rows, args.png)
+        print(f"\nplot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()

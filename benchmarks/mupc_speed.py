@@ -1,0 +1,177 @@
+"""One μPC training iteration: pcgraph against a plain per-layer JAX step, same process (issue 6).
+
+The step: forward initialisation of the residual network of ``models/resnet_mupc.pcg`` (μPC
+scalings), ``T`` plain-GD activity steps (lr 0.5 on the batch-mean energy) inside one
+``lax.scan``, ``∂F/∂θ`` at the relaxed activities, one Adam update (lr 0.05). Batch 64, Fashion-
+MNIST-sized input (784) and output (10), random data.
+
+* pcgraph: ``make_train_step`` on the loaded model, with the default ``stack="auto"`` (every group
+  of ≥ 8 identical layers stacked on the CPU, all stacked on an accelerator) and, if asked,
+  ``stack=False`` (one op per layer) and ``stack=True``.
+* hand-written: the same step in plain jnp, one small matmul per layer (a Python loop over layers
+  inside the scan body), ``jax.grad`` of a hand-written energy, one ``jax.jit``.
+
+Both start from the same weights; the script checks that they give the same energies and
+updated weights before timing. Each function is warmed up, then timed interleaved with
+``block_until_ready``; the median over repeats is reported with the ratio pcgraph / hand-written.
+The issue's target is ≤ 15 ms per iteration at width 512, H = T = 128 on an H100.
+
+Full size (any device; the issue's GPU measurement)::
+
+    python benchmarks/mupc_speed.py --width 512 --depth 128 --repeats 20
+
+Reduced CPU runs (docs/results.md)::
+
+    python benchmarks/mupc_speed.py --width 128 --depth 32 --repeats 10 --stack auto false true
+    python benchmarks/mupc_speed.py --width 512 --depth 128 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import pcgraph  # noqa: E402
+from pcgraph._learn import make_train_step  # noqa: E402
+from mupc_depth import machine, resnet_mupc  # noqa: E402
+
+D, C = 784, 10
+ACT_LR, W_LR = 0.5, 0.05
+
+
+def hand_written_step(depth: int, width: int, T: int):
+    """The μPC step in plain JAX, one matmul per layer; params = (W_in, [W_hidden...], W_out)."""
+    a_in, a_hid, a_out = 1 / math.sqrt(D), 1 / math.sqrt(width * depth), 1 / width
+    opt = optax.adam(W_LR)
+    relu = jax.nn.relu
+
+    def preds(params, zs, x):
+        W_in, Ws, W_out = params
+        out = [a_in * (x @ W_in)]
+        for W, z in zip(Ws, zs[:-1]):
+            out.append(z + a_hid * (relu(z) @ W))
+        return out, a_out * (relu(zs[-1]) @ W_out)
+
+    def energy(params, zs, x, y):
+        mus, yhat = preds(params, zs, x)
+        B = x.shape[0]
+        e = sum(jnp.sum((z - m) ** 2) for z, m in zip(zs, mus))
+        return 0.5 * (e + jnp.sum((y - yhat) ** 2)) / B
+
+    def forward(params, x):
+        W_in, Ws, _ = params
+        zs = [a_in * (x @ W_in)]
+        for W in Ws:
+            zs.append(zs[-1] + a_hid * (relu(zs[-1]) @ W))
+        return zs
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        zs = forward(params, x)
+        F0 = energy(params, zs, x, y)
+        gz = jax.grad(energy, argnums=1)
+
+        def body(zs, _):
+            g = gz(params, zs, x, y)
+            return [z - ACT_LR * gi for z, gi in zip(zs, g)], None
+
+        zs, _ = jax.lax.scan(body, zs, None, length=T)
+        zs = jax.lax.stop_gradient(zs)
+        F1, grads = jax.value_and_grad(energy)(params, zs, x, y)
+        upd, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, F0, F1
+
+    return step, opt
+
+
+def hand_params(net, depth: int):
+    W = lambda n: net.term_params(n)[0]["W"]  # noqa: E731
+    return (W("x->h1"), [W(f"h{i - 1}->h{i}[0]") for i in range(2, depth)], W(f"h{depth - 1}->y"))
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="T (default: depth)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--stack", nargs="+", default=["auto"], choices=["auto", "false", "true"])
+    args = ap.parse_args(argv)
+    H, N, B = args.depth, args.width, args.batch
+    T = args.steps or H
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+    y = jnp.asarray(np.eye(C, dtype=np.float32)[rng.integers(0, C, B)])
+    model = resnet_mupc(H, N)
+    stacks = {"auto": "auto", "false": False, "true": True}
+    fns = {}
+    ref = None
+    for s in args.stack:
+        net = pcgraph.build(model, seed=0, stack=stacks[s])
+        step = make_train_step(net, "train", weight_optimizer=optax.adam(W_LR), steps=T,
+                               activity_lr=ACT_LR, activity_scale="batch", init="forward")
+        st = step.init(net)
+        batch = {"x": x, "y": y}
+        t = time.perf_counter()
+        new, _, m = step(net, st, batch)
+        jax.block_until_ready(m["energy_end"])
+        comp = time.perf_counter() - t
+        fns[f"pcgraph stack={s}"] = (lambda step=step, net=net, st=st, batch=batch:
+                                     step(net, st, batch)[2]["energy_end"], comp)
+        if ref is None:
+            ref = (net, new, m)
+    net, new, m = ref
+    hstep, hopt = hand_written_step(H, N, T)
+    hp = hand_params(net, H)
+    hst = hopt.init(hp)
+    t = time.perf_counter()
+    hp_new, _, F0, F1 = hstep(hp, hst, x, y)
+    jax.block_until_ready(F1)
+    fns["hand-written per-layer JAX"] = (lambda: hstep(hp, hst, x, y)[3], time.perf_counter() - t)
+
+    # the same computation: energies and updated weights agree
+    np.testing.assert_allclose(float(m["energy_start"]), float(F0), rtol=1e-4)
+    np.testing.assert_allclose(float(m["energy_end"]), float(F1), rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(new.term_params(f"h{H // 2 - 1}->h{H // 2}[0]")[0]["W"]),
+                               np.asarray(hp_new[1][H // 2 - 2]), rtol=1e-3, atol=1e-5)
+
+    times = {k: [] for k in fns}
+    for _ in range(args.repeats):  # interleaved
+        for k, (fn, _) in fns.items():
+            times[k] += timed(fn, 1)
+    hand = statistics.median(times["hand-written per-layer JAX"])
+    print(f"# mupc_speed on {machine()}: width {N}, H = {H}, T = {T}, batch {B}, "
+          f"{args.repeats} interleaved repeats (median); energies and weights checked equal")
+    print("| implementation | ms / iteration (median) | min | compile s | ratio to hand-written |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for k, (_, comp) in fns.items():
+        med = statistics.median(times[k])
+        print(f"| {k} | {1e3 * med:.1f} | {1e3 * min(times[k]):.1f} | {comp:.1f} | "
+              f"{med / hand:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
