@@ -232,14 +232,17 @@ class NetPlan:
     parameterisation: str
     depth: int  # L of the mupc scalings (weight layers on the longest path)
     stack: Any = True
-    # the model itself (queries, settings) is carried along but never compared or hashed
+    # the model itself (queries, settings, per-node init) is carried along and compared through
+    # its structural hash only: two plans of different models are different static values, so a
+    # jitted function never hands back a network whose plan carries another model's queries
     model: ModelIR | None = field(default=None, compare=False, repr=False)
+    model_hash: int = 0
 
     def __hash__(self) -> int:  # cached: equinox hashes static fields on every call
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.name, self.groups, self.terms, self.parents, self.incoming,
-                      self.parameterisation, self.depth, self.stack))
+                      self.parameterisation, self.depth, self.stack, self.model_hash))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -422,6 +425,7 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
         depth=L,
         stack=stack,
         model=model,
+        model_hash=hash(model),
     )
 
 
