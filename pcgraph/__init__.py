@@ -49,15 +49,18 @@ _LAZY = {
     "InferResult": "._infer",
     "make_train_step": "._learn",
     "make_eval_step": "._learn",
+    "StepState": "._learn",
     "activity_hessian": "._theory",
     "condition_number": "._theory",
     "linear_equilibrium": "._theory",
     "initialise": "._init",
+    "InitError": "._init",
     "fit": "._train",
     "evaluate": "._train",
     "FitResult": "._train",
     "TrainState": "._train",
     "TrainingDiverged": "._train",
+    "fresh_carry": "._train",
     "data": ".data",
 }
 

@@ -14,6 +14,11 @@ Writes are atomic: the bytes go to a temporary file in the same directory, are f
 disk, Ctrl-C) leaves the previous checkpoint untouched and loadable, and removes its temporary file.
 
 PRNG keys (``jax.random.key``) are stored as their raw key data and rewrapped on load.
+
+``state`` is the initialiser state of a run (``TrainState.carry``: memories, class means, previous
+activities, amortiser and their optimiser state; ``None`` when the initialisation needs none).
+Loading needs a tree of the same structure: ``pcgraph._train.fresh_carry`` rebuilds it from the
+model, the init options, the batch size and the seed; ``like_state=None`` skips it.
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ Exit status: 0 ok, 1 model errors or divergence, 2 usage/data/shape/checkpoint e
 """
 
 # options that change the training trajectory (must match on --resume)
-TRAJECTORY = ("data", "fraction", "seed", "steps", "solver", "init", "activity_lr", "weight_lr",
-              "optimizer", "algorithm", "batch_size", "query", "test_query")
+TRAJECTORY = ("data", "fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
+              "activity_lr", "weight_lr", "optimizer", "algorithm", "batch_size", "query",
+              "test_query")
 # resolved hyperparameters that must match the checkpoint on --resume
 CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", "weight_optimizer",
                      "weight_decay", "init", "solver", "algorithm", "batch_size",
@@ -154,11 +155,11 @@ def _load_model(path: str):
     return loaded.model
 
 
-def _load_data(name: str, data_dir, fraction: float, seed: int):
+def _load_data(name: str, data_dir, fraction: float, seed: int, download: bool = False):
     from . import data as D
 
     try:
-        return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed)
+        return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed, download=download)
     except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 
@@ -187,6 +188,33 @@ def _rewrite_metrics(path: Path, keep_epochs: int) -> None:
     atomic_write(path, lambda f: f.write("".join(s + "\n" for s in kept)), "w")
 
 
+def _pairs(items, what: str) -> dict:
+    """``["a=b", ...]`` to a dict (values parsed as int, float, bool when they look like one)."""
+    out = {}
+    for it in items or ():
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise CliError(f"--{what} {it!r}: expected NAME=VALUE")
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def _parse_value(v: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _init_kw(cli: dict) -> dict:
+    return {"init_overrides": {k: str(v) for k, v in _pairs(cli.get("init_node"), "init-node").items()},
+            "init_options": _pairs(cli.get("init_option"), "init-option")}
+
+
 def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -201,13 +229,23 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="NAME",
                    help="data set: digits (embedded), fashion-mnist, mnist, kmnist, cifar10")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files")
+    p.add_argument("--download", action="store_true",
+                   help="fetch a missing data set (checksummed) into --data-dir, $PCGRAPH_DATA "
+                        "or the cache")
     p.add_argument("--epochs", type=int, metavar="N", help="total epochs (default 10)")
     p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 64)")
     p.add_argument("--steps", type=int, metavar="T", help="inference steps (default: settings)")
     p.add_argument("--solver", choices=("gd", "euler", "heun", "tsit5"),
                    help="inference solver (default: settings)")
     p.add_argument("--init", metavar="METHOD",
-                   help="activity initialisation: auto, forward, zero, random, mem, ...")
+                   help="activity initialisation of every free node: auto (forward where Prop. "
+                        "3.2 allows, else mem), forward, zero, random, null, avg, mem, amortised, "
+                        "sweep")
+    p.add_argument("--init-node", action="append", metavar="NODE=METHOD",
+                   help="initialisation of one node (repeatable; wins over --init and the file)")
+    p.add_argument("--init-option", action="append", metavar="KEY=VALUE",
+                   help="initialiser option, e.g. mem_patterns=64, avg_m=3, random_std=0.1 "
+                        "(repeatable)")
     p.add_argument("--activity-lr", type=float, metavar="LR", help="activity learning rate")
     p.add_argument("--weight-lr", type=float, metavar="LR", help="weight learning rate")
     p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="weight optimiser")
@@ -281,7 +319,7 @@ def _train(args: argparse.Namespace) -> int:
     seed = int(cli["seed"] if cli["seed"] is not None else model.settings.get("seed"))
     cli["seed"] = seed
     fraction = float(cli["fraction"] or 1.0)
-    ds = _load_data(cli["data"], cli["data_dir"], fraction, seed)
+    ds = _load_data(cli["data"], cli["data_dir"], fraction, seed, bool(args.download))
 
     import equinox as eqx
 
@@ -294,6 +332,7 @@ def _train(args: argparse.Namespace) -> int:
         TrainState,
         bind,
         fit,
+        fresh_carry,
         make_optimizer,
         model_hash,
         prepare_dataset,
@@ -314,10 +353,21 @@ def _train(args: argparse.Namespace) -> int:
                      weight_lr=cli["weight_lr"], weight_optimizer=cli["optimizer"],
                      init=cli["init"], solver=cli["solver"], algorithm=cli["algorithm"] or "pc",
                      epochs=epochs, batch_size=cli["batch_size"])
+    init_kw = _init_kw(cli)
     try:
         cfg = resolve_config(net, **overrides)
     except ValueError as e:
         raise CliError(str(e)) from None
+    from ._diagnostics import PcgError
+
+    try:  # the init plan and its options, before anything is compiled
+        like_carry = fresh_carry(net, query=q, init=cli["init"], batch_size=cfg["batch_size"],
+                                 seed=seed, algorithm=cfg["algorithm"], **init_kw)
+    except PcgError as e:
+        print(str(e), file=sys.stderr)
+        raise CliError(f"cannot initialise {model.name}: see above", EXIT_MODEL) from None
+    except (ValueError, KeyError) as e:
+        raise CliError(str(e).strip('"')) from None
     cli["epochs"] = cfg["epochs"]
     mhash = model_hash(model)
 
@@ -336,7 +386,7 @@ def _train(args: argparse.Namespace) -> int:
         opt = make_optimizer(cfg)
         like_opt = opt.init(eqx.filter(net, eqx.is_inexact_array))
         try:
-            net, opt_state, carry, meta = ckpt_load(ckpt_path, net, like_opt, None)
+            net, opt_state, carry, meta = ckpt_load(ckpt_path, net, like_opt, like_carry)
         except CheckpointError as e:
             raise CliError(str(e)) from None
         state = TrainState.from_meta(opt_state, carry, meta)
@@ -390,7 +440,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         result = fit(net, ds, query=q, test_query=tq, seed=seed, callback=callback, state=state,
-                     **overrides)
+                     **overrides, **init_kw)
     except TrainingDiverged as e:
         if progress.tty:
             sys.stderr.write("\n")
@@ -438,6 +488,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
                    help="checkpoint file (or a run directory holding checkpoint.eqx)")
     p.add_argument("--data", metavar="NAME", help="data set (default: the one trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the data set's files")
+    p.add_argument("--download", action="store_true", help="fetch a missing data set (checksummed)")
     p.add_argument("--query", help="evaluation query (default: the training run's, or test)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B")
     p.add_argument("--split", choices=("test", "train"), default="test")
@@ -474,14 +525,16 @@ def _eval(args: argparse.Namespace) -> int:
     same = name == saved.get("data")
     ds = _load_data(name, args.data_dir or saved.get("data_dir"),
                     float(saved.get("fraction") or 1.0) if same else 1.0,
-                    int(saved.get("seed") if saved.get("seed") is not None else seed))
+                    int(saved.get("seed") if saved.get("seed") is not None else seed),
+                    bool(args.download))
 
     import equinox as eqx
 
     from . import data as D
     from ._checkpoint import load as ckpt_load
     from ._network import build
-    from ._train import BindingError, evaluate, make_optimizer, model_hash, resolve_config
+    from ._train import (BindingError, eval_init, evaluate, fresh_carry, make_optimizer,
+                         model_hash, resolve_config)
 
     net = build(model, seed=seed)
     if meta.get("model_hash") and meta["model_hash"] != model_hash(model):
@@ -491,17 +544,23 @@ def _eval(args: argparse.Namespace) -> int:
     if not cfg:
         cfg = resolve_config(net)
     like_opt = make_optimizer(cfg).init(eqx.filter(net, eqx.is_inexact_array))
-    try:
-        net, _, _, meta = ckpt_load(ckpt, net, like_opt, None)
-    except CheckpointError as e:
-        raise CliError(str(e)) from None
     query = args.query or saved.get("test_query") or "test"
     tq = saved.get("query") or "train"
+    init_kw = _init_kw(saved)
+    try:
+        like_carry = fresh_carry(net, query=tq, init=saved.get("init"), seed=seed,
+                                 batch_size=int(cfg.get("batch_size") or 1),
+                                 algorithm=cfg.get("algorithm") or "pc", **init_kw)
+        net, _, carry, meta = ckpt_load(ckpt, net, like_opt, like_carry)
+    except CheckpointError as e:
+        raise CliError(str(e)) from None
+    except (ValueError, KeyError) as e:
+        raise CliError(f"cannot rebuild the initialiser state: {e}") from None
     try:
         res = evaluate(net, ds, query=query, batch_size=args.batch_size, split=args.split,
                        train_query=tq, steps=cfg.get("steps"), activity_lr=cfg.get("activity_lr"),
-                       init=None if saved.get("init") in ("avg", "null") else saved.get("init"),
-                       solver=cfg.get("solver"))
+                       init=eval_init(net, query, saved.get("init")), solver=cfg.get("solver"),
+                       carry=carry, **init_kw)
     except (BindingError, D.DataError, ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
     out = {"model": model.name, "data": name, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),

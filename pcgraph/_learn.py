@@ -38,7 +38,7 @@ from ._infer import (
     energy_grad_fn,
     run_inference,
 )
-from ._init import initialise
+from ._init import InitError, make_initialiser
 from ._network import Network, QueryPlan, compile_query
 
 METHODS = ("pc", "ipc", "bp")
@@ -62,15 +62,24 @@ def _params(net: Network):
 
 
 class TrainStep:
-    """A jitted training step ``(net, opt_state, batch, key=None) -> (net, opt_state, metrics)``.
+    """A jitted training step.
 
-    ``init(net)`` makes the optimiser state; ``traces`` counts how often the step was traced."""
+    ``step(net, opt_state, batch, key=None)`` returns ``(net, opt_state, metrics)``; a step whose
+    initialisation carries state between batches (null, avg, mem, amortised: ``step.stateful``)
+    is called as ``step(net, opt_state, batch, key, carry=carry)`` and returns
+    ``(net, opt_state, metrics, carry)``; ``carry = step.init_carry(net, batch_size)`` starts it.
+
+    ``init(net)`` makes the optimiser state; ``traces`` counts how often the step was traced;
+    ``smm`` holds the SMM accounting of seed 004 eq. 5-6 (``smm_pc`` = 2T + ``init_smm``,
+    ``smm_bp`` = 2L − 1, ``smm_per_update``); ``initialiser`` is the static init plan (None for bp)."""
 
     def __init__(self, fn: Callable, optimizer: optax.GradientTransformation, query: QueryPlan,
-                 method: str, jit: bool = True):
+                 method: str, jit: bool = True, initialiser=None, smm: Mapping | None = None):
         self.optimizer = optimizer
         self.query = query
         self.method = method
+        self.initialiser = initialiser
+        self.smm = dict(smm or {})
         self.traces = 0
 
         def counted(*args):
@@ -79,11 +88,50 @@ class TrainStep:
 
         self._fn = eqx.filter_jit(counted) if jit else counted
 
-    def init(self, net: Network):
-        return self.optimizer.init(_params(net))
+    @property
+    def stateful(self) -> bool:
+        return self.initialiser is not None and self.initialiser.stateful
 
-    def __call__(self, net: Network, opt_state, batch: Mapping[str, Any], key=None):
-        return self._fn(net, opt_state, dict(batch), key)
+    def init(self, net: Network, batch_size: int | None = None, key=None):
+        """The optimiser state; for a stateful step a :class:`StepState` bundling it with the
+        initialiser state (``batch_size`` is then needed for ``null``, which remembers a batch)."""
+        opt = self.optimizer.init(_params(net))
+        if not self.stateful:
+            return opt
+        if batch_size is None and self.initialiser.uses("null"):
+            raise InitError("init = null remembers a whole batch: give step.init(net, batch_size)")
+        return StepState(opt, self.init_carry(net, batch_size or 1, key))
+
+    def init_carry(self, net: Network, batch_size: int, key=None):
+        """The initialiser state for batches of ``batch_size`` (None when no method needs one)."""
+        if self.initialiser is None:
+            return None
+        return self.initialiser.init_state(net, batch_size, key)
+
+    def __call__(self, net: Network, opt_state, batch: Mapping[str, Any], key=None, carry=None):
+        """``(net, opt_state, metrics)``; with ``carry=`` ``(net, opt_state, metrics, carry)``;
+        with a :class:`StepState` as ``opt_state``, the returned state is one too."""
+        if isinstance(opt_state, StepState):
+            net, o, metrics, c = self._fn(net, opt_state.opt_state, dict(batch), key,
+                                          opt_state.carry)
+            return net, StepState(o, c), metrics
+        if carry is None:
+            if self.stateful:
+                raise InitError(
+                    "this step's initialisation (" + ", ".join(
+                        m for m in ("null", "avg", "mem", "amortised") if self.initialiser.uses(m))
+                    + ") carries state between batches: start from state = step.init(net, "
+                    "batch_size), or pass carry=step.init_carry(net, batch_size) explicitly")
+            net, opt_state, metrics, _ = self._fn(net, opt_state, dict(batch), key, None)
+            return net, opt_state, metrics
+        return self._fn(net, opt_state, dict(batch), key, carry)
+
+
+class StepState(eqx.Module):
+    """The weight optimiser state and the initialiser state of a stateful step, as one pytree."""
+
+    opt_state: Any
+    carry: Any
 
 
 def _resolve(net: Network, steps, activity_lr, activity_optimizer_, init, solver):
@@ -128,16 +176,17 @@ def make_train_step(
     q_out = q.with_counts(q.clamped_targets)
     overrides = dict(init_overrides or {})
     init_options = dict(init_options or {})
+    from ._feasibility import analyse
+    from ._initializers import smm_bp, smm_pc
 
-    def init_acts(net_, batch, key):
-        h = clamp_data(net_, q, batch)
-        return initialise(net_, q, h, default=init, overrides=overrides, key=key,
-                          options=init_options)
+    L = analyse(net.plan.model).longest_path if net.plan.model is not None else None
+    smm = {"steps": T, "smm_bp": smm_bp(L) if L else None}
 
     if method == "bp":
         order = topological_order(net, q.clamp)
+        smm.update(init_smm=0, smm_pc=None, smm_per_update=smm["smm_bp"])
 
-        def bp_step(net_, opt_state, batch, key):
+        def bp_step(net_, opt_state, batch, key, carry):
             h = clamp_data(net_, q, batch)
 
             def loss(n):
@@ -148,13 +197,28 @@ def make_train_step(
             net_ = eqx.apply_updates(net_, updates)
             metrics = {"loss": val, "energy_start": val, "energy_end": val, "loss_end": val,
                        "steps": jnp.asarray(0)}
-            return net_, opt_state, metrics
+            return net_, opt_state, metrics, carry
 
-        return TrainStep(bp_step, wopt, q, method, jit)
+        return TrainStep(bp_step, wopt, q, method, jit, None, smm)
+
+    initer = make_initialiser(net, q, default=init, overrides=overrides, options=init_options,
+                              train=True)
+    smm.update(init_smm=initer.smm, smm_pc=smm_pc(T, initer.smm))
+    smm["smm_per_update"] = (smm["smm_pc"] / max(T, 1)) if method == "ipc" else smm["smm_pc"]
+    ref_T = max(T, int(initer.options["mem_ref_steps"]))
+
+    def relax_from_zero(net_, h):
+        return run_inference(net_, q, h, solver=solver, steps=ref_T, lr=lr, optimizer=aopt,
+                             tol=tol, activity_scale=activity_scale, ode_options=ode_options).h
+
+    def init_acts(net_, batch, key, carry):
+        h = clamp_data(net_, q, batch)
+        carry = initer.prepare(net_, h, carry, lambda hh: relax_from_zero(net_, hh))
+        return h, initer(net_, h, carry, key), carry
 
     if method == "pc":
-        def pc_step(net_, opt_state, batch, key):
-            h0 = init_acts(net_, batch, key)
+        def pc_step(net_, opt_state, batch, key, carry):
+            h, h0, carry = init_acts(net_, batch, key, carry)
             res = run_inference(net_, q, h0, solver=solver, steps=T, lr=lr, optimizer=aopt,
                                 tol=tol, activity_scale=activity_scale, ode_options=ode_options)
             hs = jax.lax.stop_gradient(res.h)
@@ -163,28 +227,30 @@ def make_train_step(
                 F0 = res.energies[0]
             else:
                 F0 = energy(net_, h0, q)
+            carry, init_loss = initer.update(net_, carry, h, hs)
             metrics = {
                 "energy_start": F0,
                 "energy_end": F_end,
                 "loss": energy(net_, h0, q_out),
                 "loss_end": energy(net_, hs, q_out),
                 "steps": res.steps,
+                "init_loss": init_loss,
             }
             if record_node_energies:
                 metrics["node_energies"] = node_energies(net_, hs, q)
             updates, opt_state = wopt.update(grads, opt_state, _params(net_))
             net_ = eqx.apply_updates(net_, updates)
-            return net_, opt_state, metrics
+            return net_, opt_state, metrics, carry
 
-        return TrainStep(pc_step, wopt, q, method, jit)
+        return TrainStep(pc_step, wopt, q, method, jit, initer, smm)
 
     # ---- iPC
     if solver != "gd":
         raise ValueError("iPC runs discrete steps: use solver = gd")
     aopt_t = make_activity_optimizer(aopt, lr)
 
-    def ipc_step(net_, opt_state, batch, key):
-        h0 = init_acts(net_, batch, key)
+    def ipc_step(net_, opt_state, batch, key, carry):
+        h, h0, carry = init_acts(net_, batch, key, carry)
         params, static = eqx.partition(net_, eqx.is_inexact_array)
         fg = q.free_groups
         free0 = tuple(h0[g] for g in fg)
@@ -210,19 +276,21 @@ def make_train_step(
         c = (free0, aopt_t.init(free0), params, opt_state)
         (free, _, params, opt_state), energies = jax.lax.scan(body, c, None, length=max(T, 1))
         new = eqx.combine(params, static)
-        hs = _merge(h0, q, free)
+        hs = jax.lax.stop_gradient(_merge(h0, q, free))
+        carry, init_loss = initer.update(net_, carry, h, hs)
         metrics = {
             "energy_start": energies[0],
             "energy_end": energy(new, hs, q),
             "loss": energy(net_, h0, q_out),
             "loss_end": energy(new, hs, q_out),
             "steps": jnp.asarray(max(T, 1)),
+            "init_loss": init_loss,
         }
         if record_node_energies:
             metrics["node_energies"] = node_energies(new, hs, q)
-        return new, opt_state, metrics
+        return new, opt_state, metrics, carry
 
-    return TrainStep(ipc_step, wopt, q, method, jit)
+    return TrainStep(ipc_step, wopt, q, method, jit, initer, smm)
 
 
 def make_eval_step(
@@ -241,12 +309,16 @@ def make_eval_step(
     activity_scale: str = "sample",
     jit: bool = True,
 ) -> "EvalStep":
-    """A jitted ``(net, batch, key=None) -> {read node: value}`` for a test query.
+    """A jitted ``(net, batch, key=None, carry=None) -> {read node: value}`` for a test query.
 
     When the forward pass is the equilibrium (a DAG, every root clamped, no clamped node with
     parents: then F = 0 there) the read-outs are the forward predictions, no inference is run.
     Otherwise: initialise, infer, read (free leaves read their prediction: probabilities for a
-    categorical node). The label is never clamped here unless the query clamps it."""
+    categorical node). The label is never clamped here unless the query clamps it.
+
+    ``carry``: the training run's initialiser state, needed where a node of this query uses
+    ``mem`` (retrieval from the trained memories), ``amortised`` or ``null``. ``avg`` needs labels,
+    so at test avg nodes are forward-initialised (an error where forward is impossible)."""
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
     T, lr, aopt, init, solver = _resolve(net, steps, activity_lr, activity_optimizer, init, solver)
@@ -255,41 +327,56 @@ def make_eval_step(
     direct_order = None
     clamped_with_parents = any(net.plan.parents_of[n] for n in q.clamp)
     init_eff = net.plan.settings.get("init") if init is None else init
-    if not clamped_with_parents and init_eff in ("auto", "forward") and not overrides:
+    if not clamped_with_parents and init_eff in ("auto", "forward", "avg") and not overrides:
         try:
             direct_order = topological_order(net, q.clamp)
         except ValueError:
             direct_order = None
+    initer = None
+    if direct_order is None:
+        initer = make_initialiser(net, q, default=init, overrides=overrides,
+                                  options=init_options, train=False)
 
-    def run(net_, batch, key=None):
+    def run(net_, batch, key=None, carry=None):
         h = clamp_data(net_, q, batch)
         if direct_order is not None:
             hf = forward_acts(net_, h, direct_order)
         else:
-            h0 = initialise(net_, q, h, default=init, overrides=overrides, key=key,
-                            options=init_options)
+            h0 = initer(net_, h, carry, key)
             hf = run_inference(net_, q, h0, solver=solver, steps=T, lr=lr, optimizer=aopt,
                                tol=tol, activity_scale=activity_scale,
                                ode_options=ode_options).h
         return {n: net_.get(hf, n) for n in reads}
 
-    return EvalStep(run, q, reads, direct_order is not None, jit)
+    return EvalStep(run, q, reads, direct_order is not None, jit, initer)
 
 
 class EvalStep:
-    """A jitted ``(net, batch, key=None) -> {read node: value}``; ``direct`` says whether it reads
-    the forward pass (no inference); ``traces`` counts traces."""
+    """A jitted ``(net, batch, key=None, carry=None) -> {read node: value}``; ``direct`` says
+    whether it reads the forward pass (no inference); ``traces`` counts traces; ``initialiser`` is
+    the init plan (None when direct); ``stateful``: whether it needs the training ``carry``."""
 
     def __init__(self, fn: Callable, query: QueryPlan, reads: tuple[str, ...], direct: bool,
-                 jit: bool = True):
+                 jit: bool = True, initialiser=None):
         self.query, self.reads, self.direct = query, reads, direct
+        self.initialiser = initialiser
         self.traces = 0
 
-        def counted(net_, batch, key):
+        def counted(net_, batch, key, carry):
             self.traces += 1
-            return fn(net_, batch, key)
+            return fn(net_, batch, key, carry)
 
         self._fn = eqx.filter_jit(counted) if jit else counted
 
-    def __call__(self, net: Network, batch: Mapping[str, Any], key=None):
-        return self._fn(net, dict(batch), key)
+    @property
+    def stateful(self) -> bool:
+        return self.initialiser is not None and self.initialiser.stateful
+
+    def __call__(self, net: Network, batch: Mapping[str, Any], key=None, carry=None):
+        if isinstance(carry, StepState):
+            carry = carry.carry
+        if carry is None and self.stateful:
+            ms = ", ".join(m for m in ("null", "mem", "amortised") if self.initialiser.uses(m))
+            raise InitError(f"query {self.query.name!r} initialises nodes with {ms}: pass "
+                            "carry= the training run's initialiser state (FitResult.state.carry)")
+        return self._fn(net, dict(batch), key, carry)

@@ -25,6 +25,10 @@ Per epoch (``FitResult.history``): ``energy`` (mean F at t = 0), ``energy_end`` 
 matmul chain (``L`` for a forward pass), iPC the same per batch divided by its ``T`` updates, BP
 ``2L − 1`` (``L`` the longest path).
 
+The activity initialisation's state (``null``, ``avg``, ``mem``, ``amortised``: see ``_init``) is
+``TrainState.carry``: threaded through the jitted step, used by the per-epoch evaluation (memory
+retrieval at test), checkpointed. ``avg`` trains on class-balanced batches.
+
 A non-finite energy or loss stops training with :class:`TrainingDiverged`, naming the step and the
 nodes whose energy is non-finite.
 """
@@ -252,26 +256,26 @@ def _batches_dict(arrays: Mapping[str, np.ndarray], batch_size: int, *, seed: in
 
 
 # ------------------------------------------------------------------------------ SMM
-def smm_counts(net: Network, query: str, algorithm: str, steps: int, init: str | None) -> tuple[int, float]:
-    """(SMMs per batch, SMMs per weight update) of seed 004 eq. 5-6."""
-    from ._feasibility import analyse, energy_graph
-    from ._initializers import init_smm, smm_bp, smm_pc
+def smm_counts(net: Network, query: str, algorithm: str, steps: int, init: str | None,
+               init_overrides: Mapping[str, str] | None = None,
+               init_options: Mapping[str, Any] | None = None) -> tuple[int, float]:
+    """(SMMs per batch, SMMs per weight update) of seed 004 eq. 5-6: PC ``2T`` + the
+    initialisation's longest matmul chain (``L`` for a forward pass, 2 for a memory retrieval),
+    iPC the same divided by its ``T`` updates, BP ``2L − 1``."""
+    from ._feasibility import analyse
+    from ._initializers import smm_bp, smm_pc
 
     m = _model(net)
     if algorithm == "bp":
         L = analyse(m).longest_path or 1
         v = smm_bp(L)
         return v, float(v)
-    from ._init import resolve
+    from ._init import make_initialiser
     from ._network import compile_query
 
     q = compile_query(net, query)
-    try:
-        plan = resolve(net.plan, q, init, ())
-        amort_depth = None
-        init_cost = init_smm(plan, energy_graph(m), amortised_depth=amort_depth)
-    except Exception:  # noqa: BLE001 - an exotic plan: count inference only
-        init_cost = 0
+    init_cost = make_initialiser(net, q, default=init, overrides=init_overrides,
+                                 options=init_options).smm
     per_batch = smm_pc(steps, init_cost)
     if algorithm == "ipc":
         return per_batch, per_batch / max(steps, 1)
@@ -283,10 +287,14 @@ _EVAL_CACHE: dict = {}
 
 
 def _eval_fn(net: Network, query: str, *, steps, activity_lr, init, solver, kind: str,
-             recon_node: str | None = None):
-    """A cached jitted evaluation function per (network plan, query, options)."""
+             recon_node: str | None = None, init_options=None, init_overrides=None, carry=None):
+    """A cached jitted evaluation function ``fn(net, batch, key, carry)`` per (network plan, query,
+    options); ``carry`` is not part of the key (an argument of the call)."""
+    from ._init import _freeze
+
     # the model is part of the key: plans compare equal across models whose settings/queries differ
-    key = (net.plan, net.model, query, steps, activity_lr, init, solver, kind, recon_node)
+    key = (net.plan, net.model, query, steps, activity_lr, init, solver, kind, recon_node,
+           _freeze(init_options), _freeze(init_overrides))
     fn = _EVAL_CACHE.get(key)
     if fn is not None:
         return fn
@@ -294,30 +302,39 @@ def _eval_fn(net: Network, query: str, *, steps, activity_lr, init, solver, kind
         from ._learn import make_eval_step
 
         fn = make_eval_step(net, query, steps=steps, activity_lr=activity_lr, init=init,
-                            solver=solver)
+                            solver=solver, init_options=init_options,
+                            init_overrides=init_overrides)
     else:  # reconstruction of a clamped data node from the relaxed activities
         from ._energy import energy, node_prediction
         from ._infer import clamp_data, run_inference
-        from ._init import initialise
+        from ._init import make_initialiser
         from ._network import compile_query
 
         q = compile_query(net, query)
+        initer = make_initialiser(net, q, default=init, overrides=init_overrides,
+                                  options=init_options, train=False)
         s = net.plan.settings
         T = int(s.get("steps") if steps is None else steps)
         lr = float(s.get("activity_lr") if activity_lr is None else activity_lr)
         sol = s.get("solver") if solver is None else solver
         aopt = s.get("activity_optimizer")
 
-        def recon(net_, batch, key=None):
+        def recon(net_, batch, key=None, carry=None):
             h = clamp_data(net_, q, batch)
-            h0 = initialise(net_, q, h, default=init, key=key)
+            h0 = initer(net_, h, carry, key)
             res = run_inference(net_, q, h0, solver=sol, steps=T, lr=lr, optimizer=aopt)
             x = net_.get(h, recon_node)
             mu = node_prediction(net_, res.h, recon_node)
             err = jnp.mean(((x - mu) ** 2).reshape(x.shape[0], -1), axis=-1)
             return {"sq_err": err, "energy": energy(net_, res.h, q)}
 
-        fn = eqx.filter_jit(recon)
+        jitted = eqx.filter_jit(recon)
+
+        def fn(net_, batch, key=None, carry=None):
+            if carry is None and initer.stateful:
+                initer._need_state(None, ", ".join(m for m in ("null", "mem", "amortised")
+                                                   if initer.uses(m)))
+            return jitted(net_, batch, key, carry)
     if len(_EVAL_CACHE) > 64:
         _EVAL_CACHE.clear()
     _EVAL_CACHE[key] = fn
@@ -337,6 +354,9 @@ def evaluate(
     solver: str | None = None,
     train_query: str = "train",
     max_examples: int | None = None,
+    carry: Any = None,
+    init_options: Mapping[str, Any] | None = None,
+    init_overrides: Mapping[str, str] | None = None,
 ) -> dict:
     """Evaluate ``net`` on ``data`` (a ``Dataset``: its ``split`` = test | val | train; or a
     ``{node: array}`` dict of the test query's clamped nodes plus targets for read nodes).
@@ -346,8 +366,12 @@ def evaluate(
     reconstruction MSE of the data node (its prediction from the relaxed latents; a model without
     ``query`` uses its training query, which clamps only the data). Dict data: ``accuracy`` for
     integer targets, ``mse`` for array targets, per read node ``{node}_accuracy``/``{node}_mse``.
-    Every example counts once (last batch padded and masked)."""
+    Every example counts once (last batch padded and masked).
+
+    ``carry``: the training run's initialiser state (``FitResult.state.carry``), needed where the
+    evaluation query initialises nodes with ``mem``, ``amortised`` or ``null``."""
     m = _model(net)
+    iopts = dict(carry=carry, init_options=init_options, init_overrides=init_overrides)
     qnames = {q.name for q in m.queries}
     if isinstance(data, _data.Dataset):
         binding = bind(net, train_query, query)
@@ -361,10 +385,10 @@ def evaluate(
         if binding.generative:
             q = query if query in qnames else binding.train_query
             out = _eval_recon(net, q, {binding.input: x}, binding.input, batch_size,
-                              steps=steps, activity_lr=activity_lr, init=init, solver=solver)
+                              steps=steps, activity_lr=activity_lr, init=init, solver=solver, **iopts)
             return {**out, "query": q}
         out = _eval_accuracy(net, query, {binding.input: x}, binding.label, y, batch_size,
-                             steps=steps, activity_lr=activity_lr, init=init, solver=solver)
+                             steps=steps, activity_lr=activity_lr, init=init, solver=solver, **iopts)
         return {**out, "query": query}
     # dict data
     if query not in qnames:
@@ -381,19 +405,19 @@ def evaluate(
     for name, t in targets.items():
         if np.issubdtype(t.dtype, np.integer) and t.ndim == 1:
             r = _eval_accuracy(net, query, inputs, name, t, batch_size, steps=steps,
-                               activity_lr=activity_lr, init=init, solver=solver)
+                               activity_lr=activity_lr, init=init, solver=solver, **iopts)
             out[f"{name}_accuracy"] = r["accuracy"]
             out.setdefault("accuracy", r["accuracy"])
         else:
             r = _eval_read_mse(net, query, inputs, name, t, batch_size, steps=steps,
-                               activity_lr=activity_lr, init=init, solver=solver)
+                               activity_lr=activity_lr, init=init, solver=solver, **iopts)
             out[f"{name}_mse"] = r["mse"]
             out.setdefault("mse", r["mse"])
         out["n"] = r["n"]
     if not targets:
         if len(q.clamp) == 1 and m.node(q.clamp[0]) is not None and net.plan.parents_of[q.clamp[0]]:
             return _eval_recon(net, query, inputs, q.clamp[0], batch_size, steps=steps,
-                               activity_lr=activity_lr, init=init, solver=solver)
+                               activity_lr=activity_lr, init=init, solver=solver, **iopts)
         raise ValueError(f"evaluation data gives no targets for the read nodes of query "
                          f"{query!r} ({', '.join(q.read) or 'none'})")
     return out
@@ -420,7 +444,7 @@ def _eval_accuracy(net, query, inputs, label, y, batch_size, **opts) -> dict:
     y = np.asarray(y)
     for batch, mask in _eval_batches({**inputs, "__y": y}, batch_size):
         yb = batch.pop("__y")
-        out = fn(net, batch)
+        out = fn(net, batch, None, opts.get("carry"))
         pred = np.argmax(np.asarray(out[label]).reshape(len(yb), -1), axis=-1)
         correct += int(np.sum((pred == yb) & mask))
         n += int(mask.sum())
@@ -432,7 +456,7 @@ def _eval_read_mse(net, query, inputs, name, t, batch_size, **opts) -> dict:
     tot, n = 0.0, 0
     for batch, mask in _eval_batches({**inputs, "__t": np.asarray(t)}, batch_size):
         tb = batch.pop("__t")
-        out = np.asarray(fn(net, batch)[name])
+        out = np.asarray(fn(net, batch, None, opts.get("carry"))[name])
         err = ((out - tb) ** 2).reshape(len(tb), -1).mean(-1)
         tot += float(np.sum(err * mask))
         n += int(mask.sum())
@@ -443,7 +467,7 @@ def _eval_recon(net, query, inputs, node, batch_size, **opts) -> dict:
     fn = _eval_fn(net, query, kind="recon", recon_node=node, **opts)
     tot, etot, n = 0.0, 0.0, 0
     for batch, mask in _eval_batches(inputs, batch_size):
-        out = fn(net, batch)
+        out = fn(net, batch, None, opts.get("carry"))
         err = np.asarray(out["sq_err"])
         tot += float(np.sum(err * mask))
         etot += float(out["energy"]) * int(mask.sum())  # padded rows: approximate
@@ -454,26 +478,34 @@ def _eval_recon(net, query, inputs, node, batch_size, **opts) -> dict:
 # ------------------------------------------------------------------------------ per-node trace
 def inference_trace(net: Network, batch: Mapping[str, Any], *, query: str = "train",
                     steps: int | None = None, activity_lr: float | None = None,
-                    init: str | None = None) -> dict[str, list[float]]:
+                    init: str | None = None, carry: Any = None,
+                    init_options: Mapping[str, Any] | None = None,
+                    init_overrides: Mapping[str, str] | None = None) -> dict[str, list[float]]:
     """Per-node energy ``E_v`` at every inference step ``t = 0..T`` for one batch (GD solver),
-    for plots (``pcgraph plot``). Not on the hot path: a separate jitted function, cached."""
-    key = (net.plan, net.model, query, steps, activity_lr, init, "trace")
+    for plots (``pcgraph plot``). Not on the hot path: a separate jitted function, cached.
+    ``carry``: the initialiser state (stateful methods)."""
+    from ._init import _freeze
+
+    key = (net.plan, net.model, query, steps, activity_lr, init, "trace", _freeze(init_options),
+           _freeze(init_overrides))
     fn = _EVAL_CACHE.get(key)
     if fn is None:
         from ._energy import node_energies
         from ._infer import _merge, clamp_data, infer
-        from ._init import initialise
+        from ._init import make_initialiser
         from ._network import compile_query
 
         q = compile_query(net, query)
+        initer = make_initialiser(net, q, default=init, overrides=init_overrides,
+                                  options=init_options)
         s = net.plan.settings
         T = int(s.get("steps") if steps is None else steps)
         lr = float(s.get("activity_lr") if activity_lr is None else activity_lr)
         aopt = s.get("activity_optimizer")
 
-        def trace(net_, batch_):
+        def trace(net_, batch_, carry_):
             h = clamp_data(net_, q, batch_)
-            h0 = initialise(net_, q, h, default=init)
+            h0 = initer(net_, h, carry_)
             e0 = node_energies(net_, h0, q)
             if T == 0 or not q.free_groups:
                 return jax.tree_util.tree_map(lambda v: v[None], e0)
@@ -487,7 +519,7 @@ def inference_trace(net: Network, batch: Mapping[str, Any], *, query: str = "tra
 
         fn = eqx.filter_jit(trace)
         _EVAL_CACHE[key] = fn
-    out = jax.device_get(fn(net, dict(batch)))
+    out = jax.device_get(fn(net, dict(batch), carry))
     return {k: [float(v) for v in np.asarray(a)] for k, a in out.items()}
 
 
@@ -524,6 +556,8 @@ def fit(
     weight_lr: float | None = None,
     weight_optimizer: str | optax.GradientTransformation | None = None,
     init: str | None = None,
+    init_overrides: Mapping[str, str] | None = None,
+    init_options: Mapping[str, Any] | None = None,
     solver: str | None = None,
     algorithm: str = "pc",
     seed: int = 0,
@@ -545,6 +579,11 @@ def fit(
     ``steps_per_epoch``, ``step``, ``energy``, ``loss`` (delivered in bursts of ``check_every``);
     epoch events carry ``metrics``, ``net`` and ``state`` (to checkpoint); a callback returning
     False at an epoch event stops training after that epoch.
+
+    ``init`` (a method for every free node), ``init_overrides`` (``{node: method}``) and
+    ``init_options`` (see ``pcgraph._init``) choose the activity initialisation; the state it
+    carries between batches (memories, class means, previous activities, amortiser) is
+    ``state.carry``, checkpointed with the rest. ``avg`` trains on class-balanced batches.
 
     Raises :class:`TrainingDiverged` when the energy/loss becomes non-finite,
     ``data.DataShapeError`` before compiling when the data does not fit the nodes."""
@@ -588,16 +627,22 @@ def fit(
         eval_data = data if isinstance(data, _data.Dataset) else False
 
     optimizer = make_optimizer(cfg, weight_optimizer)
+    init_kw = dict(init_overrides=dict(init_overrides or {}), init_options=dict(init_options or {}))
     step_fn = make_train_step(
         net, query, method=algorithm, weight_optimizer=optimizer, steps=T,
         activity_lr=float(cfg["activity_lr"]), init=init_default, solver=cfg["solver"],
-        record_node_energies=algorithm != "bp",
+        record_node_energies=algorithm != "bp", **init_kw,
     )
     if state is None:
-        state = TrainState(opt_state=step_fn.init(net))
+        state = TrainState(opt_state=step_fn.optimizer.init(eqx.filter(net, eqx.is_inexact_array)),
+                           carry=init_carry(step_fn, net, batch_size, seed))
     else:
         state = dataclasses.replace(state, history=list(state.history))
-    smm_batch, smm_update = smm_counts(net, query, algorithm, T, init_default)
+    balanced = step_fn.initialiser is not None and step_fn.initialiser.uses("avg")
+    if balanced and ds is None:
+        raise ValueError("init = avg trains on class-balanced batches: give a Dataset")
+    smm_batch = step_fn.smm["smm_pc"] if algorithm != "bp" else step_fn.smm["smm_bp"]
+    smm_update = float(step_fn.smm["smm_per_update"])
     cfg.update(smm_per_batch=smm_batch, smm_per_update=smm_update,
                steps_per_epoch=steps_per_epoch, seed=seed, query=query)
     base_key = jax.random.PRNGKey(seed)
@@ -610,8 +655,10 @@ def fit(
 
     def batch_iter(epoch0: int):
         if ds is not None:
-            for xb, yb in _data.batches(ds.x_train, ds.y_train, batch_size, seed=seed,
-                                        epoch=epoch0):
+            it = (_data.class_balanced_batches(ds.x_train, ds.y_train, batch_size, ds.n_classes,
+                                               seed=seed, epoch=epoch0) if balanced else
+                  _data.batches(ds.x_train, ds.y_train, batch_size, seed=seed, epoch=epoch0))
+            for xb, yb in it:
                 b = {binding.input: xb}
                 if binding.label is not None:
                     b[binding.label] = ds.one_hot(yb)
@@ -622,23 +669,24 @@ def fit(
     first_call = True  # a new step function compiles on its first call
     trace_batch = None
     opt_state = state.opt_state
+    carry = state.carry
     while state.epoch < epochs:
         epoch0 = state.epoch  # 0-based index of the epoch being run
         ekey = jax.random.fold_in(base_key, epoch0)
         t_epoch = time.perf_counter()
         compile_s = 0.0
         pending: list = []  # (global step, batch idx, metrics on device, batch, key)
-        window = [net, opt_state]  # network and optimiser state before the pending steps
+        window = [net, opt_state, carry]  # network, optimiser, init state before pending steps
         sums = {"energy": 0.0, "energy_end": 0.0, "loss": 0.0}
         count = 0
         last_finite: dict = {}
 
         def net_before(j):
             """Replay the pending steps before entry ``j`` (deterministic) from the window."""
-            n_, o_ = window
+            n_, o_, c_ = window
             for _, _, _, b_, k_ in pending[:j]:
-                n_, o_, _ = step_fn(n_, o_, b_, k_)
-            return n_
+                n_, o_, _, c_ = _call(step_fn, n_, o_, b_, k_, c_)
+            return n_, c_
 
         def flush():
             nonlocal count, last_finite
@@ -654,9 +702,11 @@ def fit(
                     trace = None
                     if algorithm != "bp" and cfg["solver"] == "gd":
                         try:
+                            n_, c_ = net_before(j)
                             trace = inference_trace(
-                                net_before(j), b_, query=query, steps=T,
-                                activity_lr=float(cfg["activity_lr"]), init=init_default)
+                                n_, b_, query=query, steps=T, carry=c_,
+                                activity_lr=float(cfg["activity_lr"]), init=init_default,
+                                **init_kw)
                         except Exception:  # noqa: BLE001 - diagnosis only
                             trace = None
                     _diverged(gstep, epoch0 + 1, bi + 1, e0, e1, lo, ne, last_finite, trace)
@@ -669,7 +719,7 @@ def fit(
                       "steps_per_epoch": steps_per_epoch, "step": gstep, "energy": e0,
                       "energy_end": e1, "loss": lo})
             pending.clear()
-            window[0], window[1] = net, opt_state
+            window[0], window[1], window[2] = net, opt_state, carry
 
         for bi, batch in enumerate(batch_iter(epoch0)):
             if trace_batch is None:
@@ -677,12 +727,12 @@ def fit(
             key = jax.random.fold_in(ekey, bi)
             if first_call:
                 t0 = time.perf_counter()
-                net, opt_state, met = step_fn(net, opt_state, batch, key)
+                net, opt_state, met, carry = _call(step_fn, net, opt_state, batch, key, carry)
                 jax.block_until_ready(met)
                 compile_s = time.perf_counter() - t0
                 first_call = False
             else:
-                net, opt_state, met = step_fn(net, opt_state, batch, key)
+                net, opt_state, met, carry = _call(step_fn, net, opt_state, batch, key, carry)
             state.step += 1
             pending.append((state.step, bi, met, batch, key))
             if len(pending) >= check_every:
@@ -714,7 +764,7 @@ def fit(
         state.wall_time_s += train_time
         metrics["wall_time_s"] = state.wall_time_s
         ev_opts = dict(steps=T, activity_lr=float(cfg["activity_lr"]), solver=cfg["solver"],
-                       init=None if init_default in ("avg", "null") else init_default)
+                       init=eval_init(net, test_query, init_default), carry=carry, **init_kw)
         if ds is not None and binding is not None:
             ev = evaluate(net, ds, query=test_query, batch_size=eval_batch_size, split="train",
                           train_query=query, max_examples=train_eval_max, **ev_opts)
@@ -735,12 +785,14 @@ def fit(
                 metrics["test_mse"] = ev["mse"]
         state.epoch += 1
         state.opt_state = opt_state
+        state.carry = carry
         state.history.append(metrics)
         trace = None
         if trace_inference and algorithm != "bp" and cfg["solver"] == "gd" and trace_batch is not None:
             try:
-                trace = inference_trace(net, trace_batch, query=query, steps=T,
-                                        activity_lr=float(cfg["activity_lr"]), init=init_default)
+                trace = inference_trace(net, trace_batch, query=query, steps=T, carry=carry,
+                                        activity_lr=float(cfg["activity_lr"]), init=init_default,
+                                        **init_kw)
             except Exception:  # noqa: BLE001 - a diagnostic only
                 trace = None
         go_on = emit({"kind": "epoch", "epoch": state.epoch, "metrics": metrics, "net": net,
@@ -751,6 +803,55 @@ def fit(
     return FitResult(net=net, state=state, history=list(state.history), config=cfg,
                      smm_per_update=smm_update, smm_per_batch=smm_batch,
                      steps_per_epoch=steps_per_epoch, traces=step_fn.traces)
+
+
+def _call(step_fn, net, opt_state, batch, key, carry):
+    """One step, always ``(net, opt_state, metrics, carry)``."""
+    if carry is None:
+        net, opt_state, met = step_fn(net, opt_state, batch, key)
+        return net, opt_state, met, None
+    return step_fn(net, opt_state, batch, key, carry=carry)
+
+
+def carry_key(seed: int):
+    """The PRNG key of the initialiser state's parameters (memories, amortiser) for ``seed``."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 0x1417)
+
+
+def init_carry(step_fn, net: Network, batch_size: int, seed: int):
+    """A fresh initialiser state of a training step (None when its methods need none)."""
+    return step_fn.init_carry(net, batch_size, carry_key(seed))
+
+
+def fresh_carry(net: Network, *, query: str = "train", init: str | None = None,
+                init_overrides: Mapping[str, str] | None = None,
+                init_options: Mapping[str, Any] | None = None, batch_size: int,
+                seed: int, algorithm: str = "pc"):
+    """The initialiser state ``fit`` starts from (same shapes, same parameters) — also the
+    structure to read a checkpoint's state into. None when the methods need no state."""
+    if algorithm == "bp":
+        return None
+    from ._init import make_initialiser
+    from ._network import compile_query
+
+    initer = make_initialiser(net, compile_query(net, query), default=init,
+                              overrides=init_overrides, options=init_options)
+    return initer.init_state(net, batch_size, carry_key(seed))
+
+
+def eval_init(net: Network, test_query: str, init: str | None) -> str | None:
+    """The init method used at evaluation for a training ``init``: seed 004 tests ``avg`` and
+    ``null`` with the forward pass, so where Prop. 3.2 allows it the evaluation uses the model's
+    setting (``auto`` = forward) instead; elsewhere ``init`` itself (avg becomes forward where
+    possible, null reads the last training batch)."""
+    if init not in ("avg", "null"):
+        return init
+    from ._feasibility import query_feasibility
+
+    m = _model(net)
+    if test_query in {q.name for q in m.queries} and query_feasibility(m, test_query).feasible:
+        return None
+    return init
 
 
 def _diverged(gstep, epoch, batch, e0, e1, lo, ne, last_finite, trace=None):

@@ -158,3 +158,46 @@ def test_hooked_into_the_main_cli(one_epoch, tmp_path, capsys):
     _, summary, out, _ = one_epoch
     assert cli.main(["eval", MLP, "--checkpoint", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_cyclic_model_with_memory_state_resumes_exactly(tmp_path, capsys):
+    """--init-option reaches the initialiser; the memories are checkpointed and restored."""
+    import shutil
+
+    cyc = str(MODELS / "cyclic_digits.pcg")
+    args = ["--data", "digits", "--steps", "3", "--batch-size", "128", "--quiet",
+            "--init-option", "mem_patterns=16", "--init-node", "b=mem"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", cyc, "--out", str(one), "--epochs", "1", *args]) == 0
+    assert main(["train", cyc, "--out", str(two), "--epochs", "2", *args]) == 0
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one, resumed)
+    capsys.readouterr()
+    assert main(["train", cyc, "--data", "digits", "--out", str(resumed), "--epochs", "2",
+                 "--resume", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed_from"] == 1 and summary["smm_per_update"] == 2 * 3 + 2
+
+    def arrays(ckpt):
+        from pcgraph._checkpoint import load
+        from pcgraph._load import load as load_model
+        from pcgraph._network import build
+        from pcgraph._train import fresh_carry, make_optimizer, resolve_config
+        import equinox as eqx
+
+        net = build(load_model(cyc), seed=0)
+        like = fresh_carry(net, batch_size=128, seed=0, init_options={"mem_patterns": 16})
+        opt = make_optimizer(resolve_config(net)).init(eqx.filter(net, eqx.is_inexact_array))
+        _, _, carry, _ = load(ckpt, net, opt, like)
+        assert set(carry.memories) == {"a", "b"}
+        return [np.asarray(x) for x in jax.tree_util.tree_leaves(carry)]
+
+    for x, y in zip(arrays(two / "checkpoint.eqx"), arrays(resumed / "checkpoint.eqx")):
+        assert np.array_equal(x, y)
+    capsys.readouterr()
+    assert main(["eval", cyc, "--checkpoint", str(two), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.2
+    # a bad option is a message, not a traceback
+    assert main(["train", cyc, "--out", str(tmp_path / "bad"), "--epochs", "1", "--data",
+                 "digits", "--init-option", "mem_patern=3", "--quiet"]) == 2
+    assert "unknown init option" in capsys.readouterr().err

@@ -318,3 +318,24 @@ def test_check_shape_reshapes_and_errors():
     assert D.check_shape(ds, "y", (10,), which="target") is ds
     with pytest.raises(D.DataShapeError, match="channels-first"):  # same size, other layout
         D.check_shape(img, "x", (2, 4, 8))
+
+
+def test_cli_download_flag(http_dir, tmp_path, monkeypatch, capsys):
+    """`pcgraph train --download` fetches a missing data set; without it the error says how."""
+    from pcgraph._cli import main
+
+    root, url = http_dir
+    write_fake_idx(root)
+    files = {p.name: _md5(p) for p in root.iterdir()}
+    monkeypatch.setitem(D.RESOURCES, "mnist", {"mirrors": (url,), "files": files})
+    model = tmp_path / "tiny.pcg"
+    model.write_text("model tiny {\n  node x: [784]\n  node y: [10] energy = categorical\n"
+                     "  x -> y : dense\n  query train { clamp x, y }\n"
+                     "  query test { clamp x; read y }\n}\n")
+    dest = tmp_path / "data"
+    args = ["train", str(model), "--data", "mnist", "--data-dir", str(dest), "--epochs", "1",
+            "--batch-size", "8", "--out", str(tmp_path / "run")]
+    assert main(args) == 2  # a usage/input error, with the way out in the message
+    assert "--download" in capsys.readouterr().err
+    assert main(args + ["--download"]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(files)

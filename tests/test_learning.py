@@ -127,7 +127,7 @@ def test_cyclic_trains_and_evaluates():
     assert ends[-1] < ends[0] / 2
     ev = make_eval_step(net, "test")  # no forward pass exists: runs inference
     assert not ev.direct
-    out = ev(net, {"img": X})["label"]
+    out = ev(net, {"img": X}, carry=state)["label"]  # a and b: retrieval from the trained memories
     np.testing.assert_allclose(np.asarray(out).sum(1), 1.0, atol=1e-5)
     assert np.mean(np.argmax(out, 1) == y) > 0.5
 

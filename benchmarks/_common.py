@@ -1,0 +1,102 @@
+"""Shared helpers of the initialisation benchmarks (init_compare, init_cyclic, init_generative).
+
+Each benchmark trains with ``pcgraph._learn.make_train_step`` (one jitted step per batch; a
+stateful initialiser's state — memories, class means, previous activities, amortiser — travels in
+the ``StepState`` that ``step.init(net, batch_size)`` returns) and evaluates with
+``make_eval_step`` (the label is never clamped at test; ``carry=`` gives it the trained memories). Results are appended as JSON lines so a long sweep can be resumed and
+tabulated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pcgraph import data as D  # noqa: E402
+from pcgraph._learn import make_eval_step, make_train_step  # noqa: E402
+from pcgraph._network import build  # noqa: E402
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.default_backend()})"
+
+
+def load_model(path_or_text):
+    """A validated model from a ``.pcg`` path or text."""
+    from pcgraph._load import load
+
+    return load(path_or_text)
+
+
+def batches(x, y, batch_size: int, *, seed: int, epoch: int, balanced: bool,
+            n_classes: int = 10) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if balanced:
+        yield from D.class_balanced_batches(x, y, batch_size, n_classes, seed=seed, epoch=epoch)
+    else:
+        yield from D.batches(x, y, batch_size, seed=seed, epoch=epoch)
+
+
+def accuracy(eval_fn, net, x, y, *, inp: str, out: str, batch_size: int, carry=None,
+             key=None) -> float:
+    correct = 0
+    n = 0
+    for xb, yb, mask in D.eval_batches(x, y, batch_size):
+        res = eval_fn(net, {inp: xb}, key, carry=carry)
+        pred = np.asarray(jnp.argmax(res[out].reshape(len(xb), -1), axis=-1))
+        correct += int(np.sum((pred == yb) & mask))
+        n += int(mask.sum())
+    return 100.0 * correct / n
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Timer:
+    """Wall time of a block, minus the paused parts (evaluation inside a training loop)."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.paused = 0.0
+        return self
+
+    def pause(self):
+        self._p = time.perf_counter()
+
+    def resume(self):
+        self.paused += time.perf_counter() - self._p
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0 - self.paused
+
+
+__all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine", "batches",
+           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of"]
+
+
+def carry_of(state):
+    """The initialiser state inside a step's state (None for a stateless step)."""
+    return getattr(state, "carry", None)
