@@ -262,12 +262,17 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _reporting(command, args: argparse.Namespace) -> int:
+    """Run a subcommand; a ``CliError`` becomes its message on stderr and its exit code."""
     try:
-        return _train(args)
+        return command(args)
     except CliError as e:
         _err(str(e))
         return e.code
+
+
+def run_train(args: argparse.Namespace) -> int:
+    return _reporting(_train, args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -496,11 +501,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    try:
-        return _eval(args)
-    except CliError as e:
-        _err(str(e))
-        return e.code
+    return _reporting(_eval, args)
 
 
 def _eval(args: argparse.Namespace) -> int:
