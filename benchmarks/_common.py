@@ -100,3 +100,13 @@ __all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine"
 def carry_of(state):
     """The initialiser state inside a step's state (None for a stateless step)."""
     return getattr(state, "carry", None)
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

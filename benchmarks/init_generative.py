@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, load_model, machine,
-                     make_eval_step, make_train_step, optax, read_jsonl)
+                     make_eval_step, make_train_step, optax, read_jsonl, save_figure)
 
 
 def _method(name: str, args):
@@ -119,9 +119,7 @@ def grid_png(path, originals, recs: dict, title: str):
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -48,6 +49,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
+from _common import save_figure  # noqa: E402
 from pcgraph._learn import make_eval_step, make_train_step  # noqa: E402
 
 MODEL = ROOT / "models" / "resnet_mupc.pcg"
@@ -211,10 +213,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_title(f"Fashion-MNIST, width {w}\n{budget}", fontsize=9)
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

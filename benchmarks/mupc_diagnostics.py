@@ -42,6 +42,7 @@ import pcgraph  # noqa: E402
 from pcgraph._energy import forward, node_energies  # noqa: E402
 from pcgraph._infer import infer  # noqa: E402
 from pcgraph._network import compile_query  # noqa: E402
+from _common import save_figure  # noqa: E402
 from mupc_depth import load_data, machine, resnet_mupc  # noqa: E402
 
 PARAMS = ("standard", "mupc")
@@ -113,10 +114,7 @@ def plot(hs: list[dict], es: list[dict], path: str) -> None:
         ax.set_ylabel("energy E_l after T = H steps")
         ax.set_title(f"{param}: energy per layer")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:
