@@ -15,7 +15,7 @@ computation of their predictions. Every function here is pure and jit-able; acti
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -156,9 +156,10 @@ def set_leaves(net: Network, h: Acts, query: QueryPlan) -> Acts:
 
 
 def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.Array] | None = None,
-                    members: dict | None = None):
+                    members: dict | None = None, parents: Collection[str] | None = None):
     """μ of one node from its parents' values (``values`` overrides ``h`` node by node).
-    ``members`` caches each term group's per-member parameters across calls (a forward pass)."""
+    ``members`` caches each term group's per-member parameters across calls (a forward pass);
+    ``parents`` keeps only the terms whose source is one of them (a sweep leaving edges out)."""
     plan = net.plan
     values = values or {}
     members = {} if members is None else members
@@ -171,6 +172,8 @@ def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.A
     for k, e in incoming:
         tg = plan.terms[k]
         src = plan.groups[tg.src].names[tg.src_idx[e]]
+        if parents is not None and src not in parents:
+            continue
         if src in values:
             x = values[src]
         else:
@@ -180,6 +183,8 @@ def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.A
             members[k] = split_members(net.params[k], tg.size)
         y = apply_member(tg, members[k][e], e, x)
         pre = y if pre is None else pre + y
+    if pre is None:
+        raise ValueError(f"node {name!r} has none of the parents {tuple(parents)} to predict it from")
     return _predict(grp, pre[None])[0]
 
 

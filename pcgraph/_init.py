@@ -61,10 +61,10 @@ import optax
 
 from . import _initializers as I
 from . import _memory as M
-from ._energy import _predict
+from ._energy import node_prediction
 from ._feasibility import _Analysis, energy_graph, forward_order, init_plan
 from ._graph import natural_key
-from ._network import Acts, Network, QueryPlan, apply_member, split_members
+from ._network import Acts, Network, QueryPlan
 
 Initialiser_fn = Callable[..., dict]
 INITIALISERS: dict[str, tuple[int, Initialiser_fn]] = {}  # name -> (stage, fn)
@@ -156,7 +156,7 @@ def _m_mem(ctx: Ctx, nodes):
 
 @register("forward", stage=1)
 def _m_forward(ctx: Ctx, nodes):
-    return _forward_from(ctx, ctx.spec.forward_order)
+    return _forward_from(ctx.net, ctx.h, ctx.vals, ctx.spec.forward_order)
 
 
 @register("amortised", stage=2)
@@ -168,50 +168,28 @@ def _m_amortised(ctx: Ctx, nodes):
 
 @register("mem_forward", stage=3)
 def _m_mem_forward(ctx: Ctx, nodes):
-    return _forward_from(ctx, ctx.spec.mem_forward_order)
+    return _forward_from(ctx.net, ctx.h, ctx.vals, ctx.spec.mem_forward_order)
 
 
 @register("sweep", stage=4)
 def _m_sweep(ctx: Ctx, nodes):
     plan = ctx.spec.sweep_plan
-    vals = dict(ctx.vals)
+    vals, members = dict(ctx.vals), {}
     for v in plan.order:
         if v not in nodes:
             continue
         vals.setdefault(v, _zeros(ctx, v))
         if plan.parents[v]:
-            vals[v] = predict_from(ctx.net, ctx.h, v, vals, plan.parents[v])
+            vals[v] = node_prediction(ctx.net, ctx.h, v, vals, members, plan.parents[v])
     return {v: vals[v] for v in nodes}
 
 
-def _forward_from(ctx: Ctx, order):
-    vals = {}
+def _forward_from(net: Network, h: Acts, vals: Mapping[str, Any], order) -> dict:
+    """The nodes of ``order`` set to their predictions in turn, from ``vals`` (then ``h``)."""
+    vals, members = dict(vals), {}
     for v in order:
-        vals[v] = predict_from(ctx.net, ctx.h, v, {**ctx.vals, **vals})
-    return vals
-
-
-def predict_from(net: Network, h: Acts, v: str, vals: Mapping[str, Any], parents=None):
-    """μ_v from the values in ``vals`` (falling back to ``h``), summing only the terms whose source
-    is in ``parents`` (all parents when None)."""
-    plan = net.plan
-    grp = plan.groups[plan.loc[v][0]]
-    pre = None
-    for k, e in plan.incoming_of[v]:
-        tg = plan.terms[k]
-        src = plan.groups[tg.src].names[tg.src_idx[e]]
-        if parents is not None and src not in parents:
-            continue
-        if src in vals:
-            x = vals[src]
-        else:
-            sg, si = plan.loc[src]
-            x = h[sg][si]
-        y = apply_member(tg, split_members(net.params[k], tg.size)[e], e, x)
-        pre = y if pre is None else pre + y
-    if pre is None:
-        raise ValueError(f"node {v!r} has no parents to predict it from")
-    return _predict(grp, pre[None])[0]
+        vals[v] = node_prediction(net, h, v, vals, members)
+    return {v: vals[v] for v in order}
 
 
 # ------------------------------------------------------------------------------ planning
@@ -464,9 +442,7 @@ class Initialiser:
                 raise InitError("the memories' first fit needs the equilibrium from zero")
             hz = relax(h)
             out = {v: net.get(hz, v) for v in self.mem_nodes}
-        fw = {}
-        for v in self.ref_forward:
-            fw[v] = predict_from(net, h, v, {**vals, **fw})
+        fw = _forward_from(net, h, vals, self.ref_forward)
         out.update({v: fw[v] for v in self.mem_nodes if v in fw})
         return out
 

@@ -41,6 +41,7 @@ import networkx as nx
 
 from ._graph import natural_key
 from ._memory import HopfieldMemory, memory_loss, memory_smm, retrieve
+from ._network import activation
 
 Array = jax.Array
 Acts = Mapping[str, Array]
@@ -262,30 +263,6 @@ def sweep(
 
 
 # ------------------------------------------------------------------------------ amortised
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "identity": lambda x: x,
-    "linear": lambda x: x,
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "gelu": jax.nn.gelu,
-    "elu": jax.nn.elu,
-    "leaky_relu": jax.nn.leaky_relu,
-    "softplus": jax.nn.softplus,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
-    "hard_tanh": jax.nn.hard_tanh,
-}
-
-
-def activation(name: str) -> Callable[[Array], Array]:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}") from None
-
-
 class AmortisedTerm(eqx.Module):
     """One term of an amortised edge: ``pre`` on the source, flatten, then one dense map.
 
