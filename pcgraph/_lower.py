@@ -76,21 +76,21 @@ class _Scope:
         self.vars: dict[str, _Var] = {}
         self.blocks: dict[str, _Block] = {}
 
-    def var(self, name: str) -> _Var | None:
+    def _lookup(self, attr: str, name: str):
+        """``name`` in this scope's ``attr`` table, else in the enclosing scopes'."""
         s = self
         while s is not None:
-            if name in s.vars:
-                return s.vars[name]
+            table = getattr(s, attr)
+            if name in table:
+                return table[name]
             s = s.parent
         return None
 
+    def var(self, name: str) -> _Var | None:
+        return self._lookup("vars", name)
+
     def block(self, name: str) -> _Block | None:
-        s = self
-        while s is not None:
-            if name in s.blocks:
-                return s.blocks[name]
-            s = s.parent
-        return None
+        return self._lookup("blocks", name)
 
     def visible(self, attr: str) -> list[str]:
         out: list[str] = []
