@@ -436,10 +436,9 @@ def test_never_raises_on_garbage():
 
 # ----------------------------------------------------------------- through the parser (golden)
 def _parse():
-    load = pytest.importorskip("pcgraph._load")
-    if not hasattr(load, "parse_model"):
-        pytest.skip("parser not available yet")
-    return load.parse_model
+    from pcgraph._load import parse_model
+
+    return parse_model
 
 
 GOLDEN_BAD = """\
