@@ -90,16 +90,22 @@ def energy_grad_fn(net: Network, query: QueryPlan, h: Acts, activity_scale: str 
 
     def fn(free):
         val, g = vg(free)
-        out = []
-        for gi, m in zip(g, masks):
-            if m is not None:
-                gi = gi * m
-            if scale != 1.0:
-                gi = gi * scale
-            out.append(gi)
-        return val, tuple(out)
+        return val, condition_grads(g, masks, scale)
 
     return fn, masks
+
+
+def condition_grads(grads, masks, scale: float):
+    """Activity gradients with clamped members of partly clamped groups zeroed (``masks``) and
+    the batch convention applied (``scale``: B for per-sample steps, 1 for the batch mean)."""
+    out = []
+    for g, m in zip(grads, masks):
+        if m is not None:
+            g = g * m
+        if scale != 1.0:
+            g = g * scale
+        out.append(g)
+    return tuple(out)
 
 
 def _reimpose(free, free0, masks):

@@ -35,6 +35,7 @@ from ._infer import (
     _reimpose,
     activity_optimizer as make_activity_optimizer,
     clamp_data,
+    condition_grads,
     energy_grad_fn,
     run_inference,
 )
@@ -134,7 +135,9 @@ class StepState(eqx.Module):
     carry: Any
 
 
-def _resolve(net: Network, steps, activity_lr, activity_optimizer_, init, solver):
+def resolve_inference(net: Network, steps, activity_lr, activity_optimizer_, init, solver):
+    """``(T, activity lr, activity optimizer, init, solver)``: the arguments given, else the model
+    settings (``init`` None stays None: ``_init`` resolves the model's policy)."""
     s = net.plan.settings
     return (
         int(s.get("steps") if steps is None else steps),
@@ -171,7 +174,8 @@ def make_train_step(
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    T, lr, aopt, init, solver = _resolve(net, steps, activity_lr, activity_optimizer, init, solver)
+    T, lr, aopt, init, solver = resolve_inference(net, steps, activity_lr, activity_optimizer,
+                                                  init, solver)
     wopt = weight_optimizer or weight_optimizer_from_settings(net.plan.settings)
     q_out = q.with_counts(q.clamped_targets)
     overrides = dict(init_overrides or {})
@@ -266,7 +270,7 @@ def make_train_step(
         def body(c, _):
             free, aost, p, wost = c
             val, (gh, gp) = vg(free, p)
-            gh = tuple((g if m is None else g * m) * scale for g, m in zip(gh, masks))
+            gh = condition_grads(gh, masks, scale)
             upd, aost = aopt_t.update(gh, aost, free)
             free = _reimpose(optax.apply_updates(free, upd), free0, masks)
             wupd, wost = wopt.update(gp, wost, p)
@@ -321,7 +325,8 @@ def make_eval_step(
     so at test avg nodes are forward-initialised (an error where forward is impossible)."""
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    T, lr, aopt, init, solver = _resolve(net, steps, activity_lr, activity_optimizer, init, solver)
+    T, lr, aopt, init, solver = resolve_inference(net, steps, activity_lr, activity_optimizer,
+                                                  init, solver)
     reads = q.read or tuple(n for n in net.plan.node_names if n not in q.clamp)
     overrides = dict(init_overrides or {})
     direct_order = None
