@@ -184,7 +184,8 @@ def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.A
         y = apply_member(tg, members[k][e], e, x)
         pre = y if pre is None else pre + y
     if pre is None:
-        raise ValueError(f"node {name!r} has none of the parents {tuple(parents)} to predict it from")
+        raise ValueError(
+            f"node {name!r} has none of the parents {tuple(parents)} to predict it from")
     return _predict(grp, pre[None])[0]
 
 

@@ -308,16 +308,13 @@ def _eval_fn(net: Network, query: str, *, steps, activity_lr, init, solver, kind
         from ._energy import energy, node_prediction
         from ._infer import clamp_data, run_inference
         from ._init import make_initialiser
+        from ._learn import resolve_inference
         from ._network import compile_query
 
         q = compile_query(net, query)
         initer = make_initialiser(net, q, default=init, overrides=init_overrides,
                                   options=init_options, train=False)
-        s = net.plan.settings
-        T = int(s.get("steps") if steps is None else steps)
-        lr = float(s.get("activity_lr") if activity_lr is None else activity_lr)
-        sol = s.get("solver") if solver is None else solver
-        aopt = s.get("activity_optimizer")
+        T, lr, aopt, _, sol = resolve_inference(net, steps, activity_lr, None, init, solver)
 
         def recon(net_, batch, key=None, carry=None):
             h = clamp_data(net_, q, batch)
@@ -493,15 +490,13 @@ def inference_trace(net: Network, batch: Mapping[str, Any], *, query: str = "tra
         from ._energy import node_energies
         from ._infer import _merge, clamp_data, infer
         from ._init import make_initialiser
+        from ._learn import resolve_inference
         from ._network import compile_query
 
         q = compile_query(net, query)
         initer = make_initialiser(net, q, default=init, overrides=init_overrides,
                                   options=init_options)
-        s = net.plan.settings
-        T = int(s.get("steps") if steps is None else steps)
-        lr = float(s.get("activity_lr") if activity_lr is None else activity_lr)
-        aopt = s.get("activity_optimizer")
+        T, lr, aopt, _, _ = resolve_inference(net, steps, activity_lr, None, init, None)
 
         def trace(net_, batch_, carry_):
             h = clamp_data(net_, q, batch_)
