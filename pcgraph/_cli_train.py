@@ -453,7 +453,7 @@ def _train(args: argparse.Namespace) -> int:
                                       "nodes": list(e.nodes), "message": str(e)}])
         _err(str(e))
         return EXIT_MODEL
-    except (D.DataError, ValueError, KeyError, NotImplementedError) as e:
+    except (D.DataError, ValueError, KeyError) as e:
         raise CliError(f"{type(e).__name__}: {e}") from None
 
     final = result.final
