@@ -94,7 +94,13 @@ class Timer:
 
 
 __all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine", "batches",
-           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of"]
+           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite"]
+
+
+def finite(tree) -> bool:
+    """Whether every floating-point array in ``tree`` (a network, a state) is finite (one host sync)."""
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    return bool(jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))) if leaves else True
 
 
 def carry_of(state):

@@ -26,8 +26,8 @@ import time
 import jax
 import numpy as np
 
-from _common import (D, Timer, accuracy, append_jsonl, build, load_model, machine, make_eval_step,
-                     make_train_step, optax, read_jsonl)
+from _common import (D, Timer, accuracy, append_jsonl, build, finite, load_model, machine,
+                     make_eval_step, make_train_step, optax, read_jsonl)
 
 MODEL = """
 model mlp_fmnist {{
@@ -76,6 +76,7 @@ def run_one(args, ds, method: str, T: int | None, fraction: float, seed: int) ->
     opt_state = step.init(net, batch_size=args.batch)
     balanced = method == "avg" or args.balanced_all
     accs, times, curve = [], [], []
+    diverged = None  # first epoch that ends with non-finite weights (then the test output is NaN)
     key = jax.random.PRNGKey(seed)
     n_steps = 0
     for epoch in range(args.epochs):
@@ -96,15 +97,18 @@ def run_one(args, ds, method: str, T: int | None, fraction: float, seed: int) ->
                     t.resume()
             jax.block_until_ready(net)
         times.append(t.s)
+        if diverged is None and not finite(net):
+            diverged = epoch + 1
         accs.append(accuracy(evaluate, net, ds.x_test, ds.y_test, inp="x", out="y",
                              batch_size=1000))
         if not curve or curve[-1][0] != n_steps:
             curve.append((n_steps, accs[-1]))
         print(f"  {method:8s} T={T} frac={fraction} seed={seed} epoch {epoch + 1}: "
-              f"test {accs[-1]:.2f}%  ({t.s:.1f} s)", flush=True)
+              f"test {accs[-1]:.2f}%  ({t.s:.1f} s)"
+              f"{'  (weights non-finite since epoch %d)' % diverged if diverged else ''}", flush=True)
     smm = step.smm["smm_per_update"]
     return {"method": method, "T": T, "fraction": fraction, "seed": seed, "epochs": args.epochs,
-            "test_acc": accs, "best": max(accs), "curve": curve, "train_s": times, "steps": n_steps,
+            "test_acc": accs, "best": max(accs), "diverged_epoch": diverged, "curve": curve, "train_s": times, "steps": n_steps,
             "smm_per_update": smm, "width": args.width, "batch": args.batch, "act": args.act,
             "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
             "avg_m": args.avg_m, "max_batches": args.max_batches, "machine": machine()}
@@ -123,6 +127,8 @@ def table(records: list[dict]) -> str:
         b = np.array([r["best"] for r in rs])
         sd = f" ± {b.std(ddof=1):.2f}" if len(b) > 1 else ""
         ts = np.mean([np.mean(r["train_s"]) for r in rs])
+        div = [r["diverged_epoch"] for r in rs if r.get("diverged_epoch")]
+        sd += f" (weights NaN/inf from epoch {', '.join(map(str, div))})" if div else ""
         lines.append(f"| {k[0]} | {k[1] if k[1] is not None else '–'} | {k[2]} | {b.mean():.2f}{sd} | "
                      f"{len(rs)} | {rs[0]['epochs']} | {rs[0]['smm_per_update']} | {ts:.1f} |")
     return "\n".join(lines) + "\n\n" + smm_table(records)
