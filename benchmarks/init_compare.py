@@ -117,19 +117,21 @@ def run_one(args, ds, method: str, T: int | None, fraction: float, seed: int) ->
 def table(records: list[dict]) -> str:
     rows = {}
     for r in records:
-        k = (r["method"], r["T"], r["fraction"])
+        k = (r["method"], r["T"], r["fraction"], None if r["method"] == "bp" else r["activity_lr"])
         rows.setdefault(k, []).append(r)
-    lines = ["| method | T | data fraction | test acc. (best epoch, mean ± sd over seeds) | seeds | epochs | SMM/update | train s/epoch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | T | α | data fraction | test acc. (best epoch, mean ± sd over seeds) | seeds | "
+             "epochs | SMM/update | train s/epoch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {"bp": 0, "forward": 1, "avg": 2, "null": 3, "zero": 4, "random": 5}
-    for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 9), k[1] or 0)):
+    for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 9), k[1] or 0, -(k[3] or 0))):
         rs = rows[k]
         b = np.array([r["best"] for r in rs])
         sd = f" ± {b.std(ddof=1):.2f}" if len(b) > 1 else ""
         ts = np.mean([np.mean(r["train_s"]) for r in rs])
         div = [r["diverged_epoch"] for r in rs if r.get("diverged_epoch")]
         sd += f" (weights NaN/inf from epoch {', '.join(map(str, div))})" if div else ""
-        lines.append(f"| {k[0]} | {k[1] if k[1] is not None else '–'} | {k[2]} | {b.mean():.2f}{sd} | "
+        lines.append(f"| {k[0]} | {k[1] if k[1] is not None else '–'} | {k[3] or '–'} | {k[2]} | "
+                     f"{b.mean():.2f}{sd} | "
                      f"{len(rs)} | {rs[0]['epochs']} | {rs[0]['smm_per_update']} | {ts:.1f} |")
     return "\n".join(lines) + "\n\n" + smm_table(records)
 
@@ -147,10 +149,12 @@ def smm_table(records: list[dict]) -> str:
         target = max(fw)
         out += [f"SMMs to reach PC-forward's best test accuracy ({target:.2f} %), data fraction "
                 f"{frac} (seed {rs[0]['seed']}):", "",
-                "| method | T | SMM/update | updates | SMMs to target |", "| --- | --- | --- | --- | --- |"]
-        for r in sorted(rs, key=lambda r: (r["method"], r["T"] or 0)):
+                "| method | T | α | SMM/update | updates | SMMs to target |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(rs, key=lambda r: (r["method"], r["T"] or 0, -r["activity_lr"])):
             hit = next((n for n, a in (r.get("curve") or []) if a >= target - 1e-9), None)
-            out.append(f"| {r['method']} | {r['T'] if r['T'] is not None else '–'} | "
+            alpha = "–" if r["method"] == "bp" else r["activity_lr"]
+            out.append(f"| {r['method']} | {r['T'] if r['T'] is not None else '–'} | {alpha} | "
                        f"{r['smm_per_update']} | {hit if hit is not None else 'not reached'} | "
                        f"{hit * r['smm_per_update'] if hit is not None else '–'} |")
         out.append("")
