@@ -94,7 +94,30 @@ class Timer:
 
 
 __all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine", "batches",
-           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite"]
+           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite", "int_list", "float_list", "str_list",
+           "print_table_only"]
+
+
+def int_list(s: str) -> list[int]:
+    """argparse type: ``"3,5,7"`` -> ``[3, 5, 7]``."""
+    return [int(v) for v in s.split(",") if v]
+
+
+def float_list(s: str) -> list[float]:
+    """argparse type: ``"0.25,0.5"`` -> ``[0.25, 0.5]``."""
+    return [float(v) for v in s.split(",") if v]
+
+
+def str_list(s: str) -> list[str]:
+    """argparse type: ``"mem,zero"`` -> ``["mem", "zero"]``."""
+    return [v for v in s.split(",") if v]
+
+
+def print_table_only(args, table) -> bool:
+    """With ``--table``: print ``table(records of --out)`` and return True (the script then stops)."""
+    if args.table:
+        print(table(read_jsonl(args.out)))
+    return bool(args.table)
 
 
 def finite(tree) -> bool:

@@ -28,8 +28,9 @@ import time
 import jax
 import numpy as np
 
-from _common import (D, Timer, accuracy, append_jsonl, build, finite, load_model, machine,
-                     make_eval_step, make_train_step, optax, read_jsonl)
+from _common import (D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
+                     load_model, machine, make_eval_step, make_train_step, optax, print_table_only,
+                     read_jsonl, str_list)
 
 MODEL = """
 model mlp_fmnist {{
@@ -165,14 +166,12 @@ def smm_table(records: list[dict]) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-    floats = lambda s: [float(v) for v in s.split(",") if v]  # noqa: E731
     p.add_argument("--methods", default="bp,forward,avg,zero,random,null",
-                   type=lambda s: s.split(","))
-    p.add_argument("--t-fast", type=ints, default=[3, 5, 7])
-    p.add_argument("--t-slow", type=ints, default=[5, 10, 25])
-    p.add_argument("--fractions", type=floats, default=[1.0])
-    p.add_argument("--seeds", type=ints, default=[0])
+                   type=str_list)
+    p.add_argument("--t-fast", type=int_list, default=[3, 5, 7])
+    p.add_argument("--t-slow", type=int_list, default=[5, 10, 25])
+    p.add_argument("--fractions", type=float_list, default=[1.0])
+    p.add_argument("--seeds", type=int_list, default=[0])
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--batch", type=int, default=200)
@@ -192,8 +191,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/init_compare.jsonl")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(read_jsonl(args.out)))
+    if print_table_only(args, table):
         return 0
     ds = D.load("fashion-mnist", data_dir=args.data_dir)
     print(f"{machine()}; {len(configs(args))} configurations × {len(args.fractions)} fractions × "

@@ -22,8 +22,9 @@ import time
 import jax
 import numpy as np
 
-from _common import (D, ROOT, Timer, accuracy, append_jsonl, build, carry_of, load_model, machine,
-                     make_eval_step, make_train_step, optax, read_jsonl)
+from _common import (D, ROOT, Timer, accuracy, append_jsonl, build, carry_of, int_list, load_model,
+                     machine, make_eval_step, make_train_step, optax, print_table_only, read_jsonl,
+                     str_list)
 
 
 def run_one(args, ds, method: str, T: int, seed: int) -> dict:
@@ -82,10 +83,9 @@ def table(records):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-    p.add_argument("--methods", default="mem,sweep,zero", type=lambda s: s.split(","))
-    p.add_argument("--steps", type=ints, default=[5, 10, 20])
-    p.add_argument("--seeds", type=ints, default=[0])
+    p.add_argument("--methods", default="mem,sweep,zero", type=str_list)
+    p.add_argument("--steps", type=int_list, default=[5, 10, 20])
+    p.add_argument("--seeds", type=int_list, default=[0])
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
@@ -97,8 +97,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/init_cyclic.jsonl")
     p.add_argument("--table", action="store_true")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(read_jsonl(args.out)))
+    if print_table_only(args, table):
         return 0
     ds = D.load("digits")
     print(machine(), flush=True)

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, load_model, machine,
-                     make_eval_step, make_train_step, optax, read_jsonl, save_figure)
+from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, int_list, load_model, machine,
+                     make_eval_step, make_train_step, optax, print_table_only, read_jsonl,
+                     save_figure, str_list)
 
 
 def _method(name: str, args):
@@ -124,10 +125,9 @@ def grid_png(path, originals, recs: dict, title: str):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
-    p.add_argument("--methods", default="mem,zero,random", type=lambda s: s.split(","))
-    p.add_argument("--steps", type=ints, default=[3, 5, 10, 20])
-    p.add_argument("--seeds", type=ints, default=[0])
+    p.add_argument("--methods", default="mem,zero,random", type=str_list)
+    p.add_argument("--steps", type=int_list, default=[3, 5, 10, 20])
+    p.add_argument("--seeds", type=int_list, default=[0])
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--test-n", type=int, default=10000)
@@ -146,8 +146,7 @@ def main(argv=None):
     p.add_argument("--png", default="runs/init_generative.png")
     p.add_argument("--table", action="store_true")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(read_jsonl(args.out)))
+    if print_table_only(args, table):
         return 0
     ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit")
     xtr, ytr = ds.x_train, ds.y_train

@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from _common import D, ROOT, Timer, append_jsonl, build, load_model, machine, read_jsonl
+from _common import (D, ROOT, Timer, append_jsonl, build, int_list, load_model, machine,
+                     print_table_only, read_jsonl, str_list)
 
 from pcgraph._train import evaluate, fit
 
@@ -84,12 +85,11 @@ def table(records) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     p.add_argument("--methods", default="amortised,amortised-zero,zero",
-                   type=lambda s: s.split(","))
+                   type=str_list)
     p.add_argument("--steps", type=int, default=20, help="T_train")
-    p.add_argument("--eval-steps", type=ints, default=[0, 1, 2, 5, 10, 20, 50])
-    p.add_argument("--seeds", type=ints, default=[0])
+    p.add_argument("--eval-steps", type=int_list, default=[0, 1, 2, 5, 10, 20, 50])
+    p.add_argument("--seeds", type=int_list, default=[0])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--test-n", type=int, default=10000)
@@ -102,8 +102,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/init_hybrid.jsonl")
     p.add_argument("--table", action="store_true")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(read_jsonl(args.out)))
+    if print_table_only(args, table):
         return 0
     ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit", fraction=args.fraction)
     print(machine(), flush=True)
