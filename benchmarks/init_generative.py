@@ -66,8 +66,8 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
     wopt = optax.adamw(args.weight_lr, weight_decay=args.weight_decay)
     step = make_train_step(net, "train", weight_optimizer=wopt, steps=T,
                            activity_lr=args.activity_lr, init=method, init_options=opts)
-    infer_fns = {a: make_eval_step(net, "infer", steps=T, activity_lr=a, init=method,
-                                   init_options=opts) for a in args.eval_activity_lr}
+    infer_fns = {str(a): make_eval_step(net, "infer", steps=T, activity_lr=a, init=method,
+                                        init_options=opts) for a in args.eval_activity_lr}
     gen_fn = make_eval_step(net, "generate", init="forward")  # z clamped: the forward pass
     opt_state = step.init(net, batch_size=args.batch)
     key = jax.random.PRNGKey(seed)
@@ -87,15 +87,14 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
         errs = "  ".join(f"{curves[a][-1]:.5f}" for a in curves)
         print(f"  {name:8s} T={T:3d} seed={seed} epoch {epoch + 1}: test recon MSE {errs} "
               f"(α_eval {', '.join(map(str, curves))}; {t.s:.1f} s)", flush=True)
-    # seed 004 picks the evaluation step by the best test error; so do we, and keep every curve
-    a_best = min(curves, key=lambda a: min(curves[a]))
+    a_best = best_eval_lr([curves])
     curve = curves[a_best]
     return ({"method": name, "T": T, "seed": seed, "epochs": args.epochs, "mse": curve,
              "final": curve[-1], "best": min(curve), "train_s": float(np.sum(times)), "steps": n,
              "smm_per_update": step.smm["smm_pc"], "init_methods": dict(step.initialiser.methods),
              "train_n": len(xtr), "test_n": min(args.test_n, len(ds.x_test)),
              "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
-             "eval_activity_lr": a_best, "mse_by_eval_lr": {str(a): c for a, c in curves.items()},
+             "eval_activity_lr": float(a_best), "mse_by_eval_lr": curves,
              "act": args.act, "prior": args.prior, "learned_lr": args.learned_lr,
              "recon10": np.round(recs[a_best][:10], 3).tolist(), "machine": machine()})
 
@@ -119,11 +118,16 @@ def _curves(r) -> dict[str, list[float]]:
     return r.get("mse_by_eval_lr") or {str(r.get("eval_activity_lr", 0.1)): r["mse"]}
 
 
+def best_eval_lr(curve_sets: list[dict[str, list[float]]]) -> str:
+    """Seed 004's pick of the evaluation step: the α_eval (present in every run) whose best-epoch
+    test error, averaged over the runs, is lowest."""
+    lrs = sorted(set.intersection(*(set(c) for c in curve_sets)), key=float)
+    return min(lrs, key=lambda a: np.mean([min(c[a]) for c in curve_sets]))
+
+
 def _cell(rs) -> str:
-    """Seed 004's pick: the α_eval with the lowest best-epoch error averaged over seeds; then the
-    final error (mean ± sd over seeds) and, in brackets, the best epoch's."""
-    lrs = set.intersection(*(set(_curves(r)) for r in rs))
-    a = min(sorted(lrs, key=float), key=lambda a: np.mean([min(_curves(r)[a]) for r in rs]))
+    """The final error at :func:`best_eval_lr` over seeds (mean ± sd), the best epoch's in brackets."""
+    a = best_eval_lr([_curves(r) for r in rs])
     final = [_curves(r)[a][-1] for r in rs]
     best = [min(_curves(r)[a]) for r in rs]
     sd = f" ± {np.std(final):.4f}" if len(rs) > 1 else ""
@@ -202,11 +206,12 @@ def main(argv=None):
                    help="grid of reconstructions from every record of --out that stored them ('' = none)")
     p.add_argument("--table", action="store_true", help="print the table (and --png) of --out, train nothing")
     args = p.parse_args(argv)
-    ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit")
     if args.table and args.png:
-        grid_png(args.png, ds.x_test[:10], read_jsonl(args.out))
+        x_test = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit").x_test
+        grid_png(args.png, x_test[:10], read_jsonl(args.out))
     if print_table_only(args, table):
         return 0
+    ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit")
     xtr, ytr = ds.x_train, ds.y_train
     if args.fraction < 1:
         idx = D.stratified_indices(ytr, args.fraction, np.random.default_rng([0, 2]))
