@@ -58,25 +58,32 @@ def run_one(args, ds, name: str, seed: int) -> dict:
             "activity_lr": args.activity_lr, "machine": machine()}
 
 
+def _mse(r, t) -> float:
+    """A record's error at T_eval = t (JSON turns the int keys into strings)."""
+    return r["mse"][str(t)] if str(t) in r["mse"] else r["mse"][t]
+
+
 def table(records) -> str:
+    """Mean test error per initialisation and T_eval (± sd over seeds where there are several), then
+    how many steps each needs to reach zero init's error at the largest T_eval."""
     rows = {}
     for r in records:
         rows.setdefault(r["method"], []).append(r)
     Ts = sorted({int(t) for r in records for t in r["mse"]})
-    lines = ["| init | SMM/update | " + " | ".join(f"T_eval = {t}" for t in Ts) + " |",
-             "| --- | --- |" + " --- |" * len(Ts)]
+    lines = ["| init | seeds | SMM/update | " + " | ".join(f"T_eval = {t}" for t in Ts) + " |",
+             "| --- | --- | --- |" + " --- |" * len(Ts)]
     for m in [m for m in VARIANTS if m in rows]:
         rs = rows[m]
-        cells = [f"{np.mean([r['mse'][str(t)] if str(t) in r['mse'] else r['mse'][t] for r in rs]):.4f}"
-                 for t in Ts]
-        lines.append(f"| {m} | {rs[0]['smm_per_update']} | " + " | ".join(cells) + " |")
+        cells = []
+        for t in Ts:
+            v = [_mse(r, t) for r in rs]
+            cells.append(f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else ""))
+        lines.append(f"| {m} | {len(rs)} | {rs[0]['smm_per_update']:g} | " + " | ".join(cells) + " |")
     if "zero" in rows:
-        target = np.mean([r["mse"][str(Ts[-1])] if str(Ts[-1]) in r["mse"] else r["mse"][Ts[-1]]
-                          for r in rows["zero"]])
+        target = np.mean([_mse(r, Ts[-1]) for r in rows["zero"]])
         lines += ["", f"Steps to reach the zero-init error at T_eval = {Ts[-1]} ({target:.4f}):", ""]
         for m in [m for m in VARIANTS if m in rows]:
-            vals = {t: np.mean([r["mse"][str(t)] if str(t) in r["mse"] else r["mse"][t]
-                                for r in rows[m]]) for t in Ts}
+            vals = {t: np.mean([_mse(r, t) for r in rows[m]]) for t in Ts}
             hit = next((t for t in Ts if vals[t] <= target + 1e-12), None)
             lines.append(f"- {m}: " + (f"T = {hit}" if hit is not None else "not reached"))
     return "\n".join(lines)
