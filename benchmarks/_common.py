@@ -94,8 +94,14 @@ class Timer:
 
 
 __all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine", "batches",
-           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite", "int_list", "float_list", "str_list",
-           "print_table_only"]
+           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite",
+           "int_list", "float_list", "str_list", "print_table_only", "mean_sd"]
+
+
+def mean_sd(values, digits: int = 2) -> str:
+    """``"mean ± sd"`` over seeds (sample sd, ddof = 1); just the mean for a single value."""
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
 
 
 def int_list(s: str) -> list[int]:

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from _common import (D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
-                     load_model, machine, make_eval_step, make_train_step, optax, print_table_only,
-                     read_jsonl, str_list)
+                     load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
+                     print_table_only, read_jsonl, str_list)
 
 MODEL = """
 model mlp_fmnist {{
@@ -128,13 +128,12 @@ def table(records: list[dict]) -> str:
     order = {"bp": 0, "forward": 1, "avg": 2, "null": 3, "zero": 4, "random": 5}
     for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 9), k[1] or 0, -(k[3] or 0))):
         rs = rows[k]
-        b = np.array([r["best"] for r in rs])
-        sd = f" ± {b.std(ddof=1):.2f}" if len(b) > 1 else ""
+        acc = mean_sd([r["best"] for r in rs])
         ts = np.mean([np.mean(r["train_s"]) for r in rs])
         div = [r["diverged_epoch"] for r in rs if r.get("diverged_epoch")]
-        sd += f" (weights NaN/inf from epoch {', '.join(map(str, div))})" if div else ""
+        acc += f" (weights NaN/inf from epoch {', '.join(map(str, div))})" if div else ""
         lines.append(f"| {k[0]} | {k[1] if k[1] is not None else '–'} | {k[3] or '–'} | {k[2]} | "
-                     f"{b.mean():.2f}{sd} | "
+                     f"{acc} | "
                      f"{len(rs)} | {rs[0]['epochs']} | {rs[0]['smm_per_update']} | {ts:.1f} |")
     return "\n".join(lines) + "\n\n" + smm_table(records)
 

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from _common import (D, ROOT, Timer, accuracy, append_jsonl, build, carry_of, int_list, load_model,
-                     machine, make_eval_step, make_train_step, optax, print_table_only, read_jsonl,
-                     str_list)
+                     machine, make_eval_step, make_train_step, mean_sd, optax, print_table_only,
+                     read_jsonl, str_list)
 
 
 def run_one(args, ds, method: str, T: int, seed: int) -> dict:
@@ -72,10 +72,8 @@ def table(records):
     order = {"mem": 0, "sweep": 1, "zero": 2}
     for k in sorted(rows, key=lambda k: (order.get(k[0], 9), k[1])):
         rs = rows[k]
-        f = np.array([r["final"] for r in rs])
-        b = np.array([r["best"] for r in rs])
-        sd = f" ± {f.std(ddof=1):.2f}" if len(f) > 1 else ""
-        lines.append(f"| {k[0]} | {k[1]} | {f.mean():.2f}{sd} | {b.mean():.2f} | {len(rs)} | "
+        best = np.mean([r["best"] for r in rs])
+        lines.append(f"| {k[0]} | {k[1]} | {mean_sd([r['final'] for r in rs])} | {best:.2f} | {len(rs)} | "
                      f"{rs[0]['epochs']} | {rs[0]['smm_per_update']} | {rs[0].get('smm_test')} | "
                      f"{np.mean([r['train_s'] for r in rs]):.1f} |")
     return "\n".join(lines)

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, float_list, int_list,
-                     load_model, machine, make_eval_step, make_train_step, optax, print_table_only,
-                     read_jsonl, save_figure, str_list)
+                     load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
+                     print_table_only, read_jsonl, save_figure, str_list)
 
 
 def _method(name: str, args):
@@ -102,8 +102,11 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
 def decoder_text(act: str, prior: bool) -> str:
     """``models/decoder.pcg`` with its hidden activation replaced, and with (``prior = True``) or
     without a gaussian(0, 1) prior on z. Seed 004's decoder has none (its h0 has no energy term)."""
-    text = (ROOT / "models" / "decoder.pcg").read_text().replace("act = tanh", f"act = {act}")
-    bare = text.replace("node z: [64] prior = gaussian(0, 1)", "node z: [64]")
+    text = (ROOT / "models" / "decoder.pcg").read_text()
+    z = "node z: [64] prior = gaussian(0, 1)"
+    if z not in text or "act = tanh" not in text:
+        raise SystemExit(f"models/decoder.pcg no longer has '{z}' and 'act = tanh'; update decoder_text")
+    bare = text.replace("act = tanh", f"act = {act}").replace(z, "node z: [64]")
     return bare.replace("node z: [64]", "node z: [64] prior = gaussian(0, 1)") if prior else bare
 
 
@@ -128,10 +131,8 @@ def best_eval_lr(curve_sets: list[dict[str, list[float]]]) -> str:
 def _cell(rs) -> str:
     """The final error at :func:`best_eval_lr` over seeds (mean ± sd), the best epoch's in brackets."""
     a = best_eval_lr([_curves(r) for r in rs])
-    final = [_curves(r)[a][-1] for r in rs]
-    best = [min(_curves(r)[a]) for r in rs]
-    sd = f" ± {np.std(final):.4f}" if len(rs) > 1 else ""
-    return f"{np.mean(final):.4f}{sd} ({np.mean(best):.4f}) α_eval {a}"
+    final = mean_sd([_curves(r)[a][-1] for r in rs], 4)
+    return f"{final} ({np.mean([min(_curves(r)[a]) for r in rs]):.4f}) α_eval {a}"
 
 
 def table(records):

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from _common import (D, ROOT, Timer, append_jsonl, build, int_list, load_model, machine,
-                     print_table_only, read_jsonl, str_list)
+                     mean_sd, print_table_only, read_jsonl, str_list)
 
 from pcgraph._train import evaluate, fit
 
@@ -74,10 +74,7 @@ def table(records) -> str:
              "| --- | --- | --- |" + " --- |" * len(Ts)]
     for m in [m for m in VARIANTS if m in rows]:
         rs = rows[m]
-        cells = []
-        for t in Ts:
-            v = [_mse(r, t) for r in rs]
-            cells.append(f"{np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}" if len(v) > 1 else ""))
+        cells = [mean_sd([_mse(r, t) for r in rs], 4) for t in Ts]
         lines.append(f"| {m} | {len(rs)} | {rs[0]['smm_per_update']:g} | " + " | ".join(cells) + " |")
     if "zero" in rows:
         target = np.mean([_mse(r, Ts[-1]) for r in rows["zero"]])
