@@ -34,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._errors import Error
+
 MAGIC = b"PCGCKPT1\n"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(Error):
     """A checkpoint could not be read, or does not match the network/optimiser it is loaded into."""
 
 

@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from ._errors import Error
+from ._registry import ALGORITHMS, INIT_METHODS, SOLVERS, WEIGHT_OPTIMIZERS
+
 EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
 CHECKPOINT = "checkpoint.eqx"
 METRICS = "metrics.jsonl"
@@ -71,7 +74,7 @@ CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", 
                      "parameterisation")
 
 
-class CliError(Exception):
+class CliError(Error):
     def __init__(self, message: str, code: int = EXIT_USAGE):
         super().__init__(message)
         self.code = code
@@ -211,7 +214,7 @@ def _parse_value(v: str):
 
 
 def _init_kw(cli: dict) -> dict:
-    return {"init_overrides": {k: str(v) for k, v in _pairs(cli.get("init_node"), "init-node").items()},
+    return {"init_nodes": {k: str(v) for k, v in _pairs(cli.get("init_node"), "init-node").items()},
             "init_options": _pairs(cli.get("init_option"), "init-option")}
 
 
@@ -235,12 +238,10 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help="total epochs (default 10)")
     p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 64)")
     p.add_argument("--steps", type=int, metavar="T", help="inference steps (default: settings)")
-    p.add_argument("--solver", choices=("gd", "euler", "heun", "tsit5"),
-                   help="inference solver (default: settings)")
+    p.add_argument("--solver", choices=SOLVERS, help="inference solver (default: settings)")
     p.add_argument("--init", metavar="METHOD",
                    help="activity initialisation of every free node: auto (forward where Prop. "
-                        "3.2 allows, else mem), forward, zero, random, null, avg, mem, amortised, "
-                        "sweep")
+                        "3.2 allows, else mem), " + ", ".join(m for m in INIT_METHODS if m != "auto"))
     p.add_argument("--init-node", action="append", metavar="NODE=METHOD",
                    help="initialisation of one node (repeatable; wins over --init and the file)")
     p.add_argument("--init-option", action="append", metavar="KEY=VALUE",
@@ -248,8 +249,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--activity-lr", type=float, metavar="LR", help="activity learning rate")
     p.add_argument("--weight-lr", type=float, metavar="LR", help="weight learning rate")
-    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="weight optimiser")
-    p.add_argument("--algorithm", choices=("pc", "ipc", "bp"),
+    p.add_argument("--optimizer", choices=WEIGHT_OPTIMIZERS, help="weight optimiser")
+    p.add_argument("--algorithm", choices=ALGORITHMS,
                    help="pc (default), incremental pc, or backprop baseline")
     p.add_argument("--seed", type=int, metavar="S", help="seed (default: settings seed)")
     p.add_argument("--fraction", type=float, metavar="F",
@@ -331,18 +332,10 @@ def _train(args: argparse.Namespace) -> int:
     from . import data as D
     from ._checkpoint import CheckpointError, load as ckpt_load, save as ckpt_save
     from ._network import build
-    from ._train import (
-        BindingError,
-        TrainingDiverged,
-        TrainState,
-        bind,
-        fit,
-        fresh_carry,
-        make_optimizer,
-        model_hash,
-        prepare_dataset,
-        resolve_config,
-    )
+    from ._binding import BindingError, bind, prepare_dataset
+    from ._config import resolve_config
+    from ._divergence import TrainingDiverged
+    from ._fit import TrainState, fit, fresh_carry, model_hash
 
     try:
         net = build(model, seed=seed)
@@ -354,20 +347,20 @@ def _train(args: argparse.Namespace) -> int:
     except (BindingError, D.DataShapeError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
 
-    overrides = dict(steps=cli["steps"], activity_lr=cli["activity_lr"],
-                     weight_lr=cli["weight_lr"], weight_optimizer=cli["optimizer"],
-                     init=cli["init"], solver=cli["solver"], algorithm=cli["algorithm"] or "pc",
-                     epochs=epochs, batch_size=cli["batch_size"])
-    init_kw = _init_kw(cli)
-    try:
-        cfg = resolve_config(net, **overrides)
+    try:  # the one resolution of settings and flags into the run's configuration
+        config = resolve_config(
+            model.settings, algorithm=cli["algorithm"], **_init_kw(cli), steps=cli["steps"],
+            activity_lr=cli["activity_lr"], weight_lr=cli["weight_lr"],
+            weight_optimizer=cli["optimizer"], init=cli["init"], solver=cli["solver"],
+            epochs=epochs, batch_size=cli["batch_size"])
     except ValueError as e:
         raise CliError(str(e)) from None
+    cfg = config.record
     from ._diagnostics import PcgError
 
     try:  # the init plan and its options, before anything is compiled
-        like_carry = fresh_carry(net, query=q, init=cli["init"], batch_size=cfg["batch_size"],
-                                 seed=seed, algorithm=cfg["algorithm"], **init_kw)
+        like_carry = fresh_carry(net, query=q, init=config.init, batch_size=config.batch_size,
+                                 seed=seed, algorithm=config.algorithm)
     except PcgError as e:
         print(str(e), file=sys.stderr)
         raise CliError(f"cannot initialise {model.name}: see above", EXIT_MODEL) from None
@@ -388,8 +381,7 @@ def _train(args: argparse.Namespace) -> int:
         if meta.get("model_hash") and meta["model_hash"] != mhash:
             raise CliError(f"cannot resume {ckpt_path}: it was written for a different model "
                            f"(model hash {meta['model_hash'][:12]}, this file {mhash[:12]})")
-        opt = make_optimizer(cfg)
-        like_opt = opt.init(eqx.filter(net, eqx.is_inexact_array))
+        like_opt = config.weight_optimizer.init(eqx.filter(net, eqx.is_inexact_array))
         try:
             net, opt_state, carry, meta = ckpt_load(ckpt_path, net, like_opt, like_carry)
         except CheckpointError as e:
@@ -444,8 +436,8 @@ def _train(args: argparse.Namespace) -> int:
     run_cfg = [cfg]
 
     try:
-        result = fit(net, ds, query=q, test_query=tq, seed=seed, callback=callback, state=state,
-                     **overrides, **init_kw)
+        result = fit(net, ds, config, query=q, test_query=tq, seed=seed, callback=callback,
+                     state=state)
     except TrainingDiverged as e:
         if progress.tty:
             sys.stderr.write("\n")
@@ -534,24 +526,30 @@ def _eval(args: argparse.Namespace) -> int:
     from . import data as D
     from ._checkpoint import load as ckpt_load
     from ._network import build
-    from ._train import (BindingError, eval_init, evaluate, fresh_carry, make_optimizer,
-                         model_hash, resolve_config)
+    from ._binding import BindingError
+    from ._config import resolve_config
+    from ._evaluate import eval_init, evaluate
+    from ._fit import fresh_carry, model_hash
+    from ._registry import SETTINGS
 
     net = build(model, seed=seed)
     if meta.get("model_hash") and meta["model_hash"] != model_hash(model):
         print(f"warning: {ckpt} was written for a different version of {args.file}",
               file=sys.stderr)
-    cfg = dict(meta.get("config") or {})
-    if not cfg:
-        cfg = resolve_config(net)
-    like_opt = make_optimizer(cfg).init(eqx.filter(net, eqx.is_inexact_array))
+    saved_cfg = meta.get("config") or {}
+    try:  # the training run's settings (its record), its --init and init options
+        config = resolve_config(
+            model.settings, algorithm=saved_cfg.get("algorithm"), **_init_kw(saved),
+            init=saved.get("init"),
+            **{k: v for k, v in saved_cfg.items() if k in SETTINGS and k != "init"})
+    except ValueError as e:
+        raise CliError(f"cannot rebuild the training configuration: {e}") from None
+    like_opt = config.weight_optimizer.init(eqx.filter(net, eqx.is_inexact_array))
     query = args.query or saved.get("test_query") or "test"
     tq = saved.get("query") or "train"
-    init_kw = _init_kw(saved)
     try:
-        like_carry = fresh_carry(net, query=tq, init=saved.get("init"), seed=seed,
-                                 batch_size=int(cfg.get("batch_size") or 1),
-                                 algorithm=cfg.get("algorithm") or "pc", **init_kw)
+        like_carry = fresh_carry(net, query=tq, init=config.init, seed=seed,
+                                 batch_size=config.batch_size, algorithm=config.algorithm)
         net, _, carry, meta = ckpt_load(ckpt, net, like_opt, like_carry)
     except CheckpointError as e:
         raise CliError(str(e)) from None
@@ -559,9 +557,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise CliError(f"cannot rebuild the initialiser state: {e}") from None
     try:
         res = evaluate(net, ds, query=query, batch_size=args.batch_size, split=args.split,
-                       train_query=tq, steps=cfg.get("steps"), activity_lr=cfg.get("activity_lr"),
-                       init=eval_init(net, query, saved.get("init")), solver=cfg.get("solver"),
-                       carry=carry, **init_kw)
+                       train_query=tq, inference=config.inference,
+                       init=eval_init(net, query, config.init), carry=carry)
     except (BindingError, D.DataError, ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
     out = {"model": model.name, "data": name, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ._errors import Error
 from ._ir import Span
 
 
@@ -63,7 +64,7 @@ def _source_line(span: Span, sources: dict[str, str] | None) -> str | None:
     return None
 
 
-class PcgError(Exception):
+class PcgError(Error):
     """A ``.pcg`` model could not be loaded: syntax or validation errors, all of them at once."""
 
     def __init__(self, diagnostics: Sequence[Diagnostic], sources: dict[str, str] | None = None):

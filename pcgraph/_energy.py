@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 
+from ._errors import Error
 from ._graph import natural_key
 from ._network import (
     Acts,
@@ -205,7 +206,7 @@ def forward_acts(net: Network, h: Acts, order: Sequence[str]) -> Acts:
     return tuple(out)
 
 
-class ForwardError(ValueError):
+class ForwardError(Error, ValueError):
     """A forward pass was asked where none exists (cycle, or unclamped root)."""
 
 

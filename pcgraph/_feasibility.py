@@ -27,8 +27,8 @@ import networkx as nx
 from ._diagnostics import Diagnostic, PcgError
 from ._graph import natural_key
 from ._ir import NO_SPAN, ModelIR, QueryIR, Span
+from ._registry import INIT_METHODS
 
-INIT_METHODS = ("auto", "zero", "random", "null", "forward", "avg", "mem", "amortised", "sweep")
 MEM_HINT = (
     "forward initialisation needs a DAG with every root clamped (Prop. 3.2); "
     "use init = mem (a learned memory, works for any graph) or init = auto (forward where possible)"

@@ -1,14 +1,15 @@
 """Inference: relax the free activities of a query to reduce F (DESIGN §3).
 
-Two solvers, both driven by ``jax.grad`` of F (never hand-derived rules):
+:func:`infer` takes the inference configuration whole (``_config``) and runs one of two
+relaxations, both driven by ``jax.grad`` of F (never hand-derived rules):
 
-* :func:`infer` — T steps of any optax optimiser (plain SGD, ``lr = activity_lr``, by default)
-  inside ``jax.lax.scan``; clamped values are re-imposed every step. ``tol > 0`` stops early once
-  ``‖∇_h F‖ < tol`` (a ``lax.while_loop`` with a step cap, or frozen updates inside the scan when
-  activities are recorded), so shapes stay static.
-* :func:`infer_ode` — the gradient flow ``dh/dt = −∇_h F`` with diffrax (Euler, Heun, Tsit5;
-  constant steps or a ``PIDController``) and a steady-state ``diffrax.Event`` on the **vector
-  field**: ``‖∇_h F‖ < ss_atol + ss_rtol·‖h‖``.
+* :class:`~pcgraph.GradientDescent` — T steps of an optax optimiser inside ``jax.lax.scan``;
+  clamped values are re-imposed every step. ``tol > 0`` stops early once ``‖∇_h F‖ < tol`` (a
+  ``lax.while_loop`` with a step cap, or frozen updates inside the scan when activities are
+  recorded), so shapes stay static.
+* :class:`~pcgraph.GradientFlow` — the gradient flow ``dh/dt = −∇_h F`` with a diffrax solver
+  and step-size controller, and a steady-state ``diffrax.Event`` on the **vector field**:
+  ``‖∇_h F‖ < ss_atol + ss_rtol·‖h‖``.
 
 **Gradient convention** (``activity_scale``). F is a mean over the batch, so ``∇_h F`` of one
 sample carries a factor ``1/B``. With ``"sample"`` (default) the activity gradient is that of the
@@ -32,11 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._config import GradientDescent, GradientFlow, Inference, resolve_config
 from ._energy import energy, set_leaves
 from ._network import Acts, Network, QueryPlan
-
-SOLVERS = ("gd", "euler", "heun", "tsit5")
-ACTIVITY_SCALES = ("sample", "batch")
 
 
 class InferResult(NamedTuple):
@@ -49,7 +48,8 @@ class InferResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------------ helpers
-def _merge(h: Acts, query: QueryPlan, free) -> Acts:
+def merge_free(h: Acts, query: QueryPlan, free) -> Acts:
+    """``h`` with the free groups of ``query`` replaced by ``free``."""
     out = list(h)
     for g, a in zip(query.free_groups, free):
         out[g] = a
@@ -76,15 +76,13 @@ def _norm(tree):
 
 def energy_grad_fn(net: Network, query: QueryPlan, h: Acts, activity_scale: str = "sample"):
     """``f(free) -> (F, ∇_free F)`` with masks and the batch convention applied."""
-    if activity_scale not in ACTIVITY_SCALES:
-        raise ValueError(f"activity_scale must be one of {ACTIVITY_SCALES}, got {activity_scale!r}")
     B = h[0].shape[1]
     free0 = tuple(h[g] for g in query.free_groups)
     masks = _free_masks(query, free0)
     scale = float(B) if activity_scale == "sample" else 1.0
 
     def F(free):
-        return energy(net, _merge(h, query, free), query)
+        return energy(net, merge_free(h, query, free), query)
 
     vg = jax.value_and_grad(F)
 
@@ -108,49 +106,46 @@ def condition_grads(grads, masks, scale: float):
     return tuple(out)
 
 
-def _reimpose(free, free0, masks):
+def reimpose(free, free0, masks):
+    """Clamped members of partly clamped groups back at their values in ``free0``."""
     return tuple(a if m is None else m * a + (1 - m) * a0 for a, a0, m in zip(free, free0, masks))
 
 
-def activity_optimizer(name: str | optax.GradientTransformation | None, lr: float):
-    if isinstance(name, optax.GradientTransformation):
-        return name
-    name = name or "sgd"
-    table = {
-        "sgd": lambda: optax.sgd(lr),
-        "momentum": lambda: optax.sgd(lr, momentum=0.9),
-        "adam": lambda: optax.adam(lr),
-        "adamw": lambda: optax.adamw(lr),
-        "rmsprop": lambda: optax.rmsprop(lr),
-    }
-    if name not in table:
-        raise ValueError(f"unknown activity optimizer {name!r}; known: {', '.join(table)}")
-    return table[name]()
+# ------------------------------------------------------------------------------ dispatch
+def infer(net: Network, query: QueryPlan, h0: Acts, inference: Inference | None = None, *,
+          record: bool = False) -> InferResult:
+    """Relax the free activities of ``query`` from ``h0`` by ``inference`` (a
+    :class:`GradientDescent`, the default, or a :class:`GradientFlow`).
+
+    ``record``: keep every step's free activities (``trajectory``) and, for a flow, every step's
+    energy (``energies``, padded with ``inf`` after the last step)."""
+    query.check(net)
+    inference = GradientDescent() if inference is None else inference
+    if isinstance(inference, GradientDescent):
+        return _descend(net, query, h0, inference, record)
+    if isinstance(inference, GradientFlow):
+        return _flow(net, query, h0, inference, record)
+    raise TypeError(f"inference must be a GradientDescent or a GradientFlow, not "
+                    f"{type(inference).__name__}")
+
+
+def _frozen_where(done, old, new):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), old, new)
 
 
 # ------------------------------------------------------------------------------ discrete
-def infer(
-    net: Network,
-    query: QueryPlan,
-    h0: Acts,
-    *,
-    steps: int,
-    lr: float = 0.1,
-    optimizer: optax.GradientTransformation | str | None = None,
-    tol: float = 0.0,
-    record_activities: bool = False,
-    activity_scale: str = "sample",
-) -> InferResult:
-    """``steps`` optimiser steps on the free activities of ``query`` from ``h0`` (one scan)."""
-    query.check(net)
-    steps = int(steps)
+def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
+             record: bool) -> InferResult:
+    """``cfg.steps`` optimiser steps on the free activities (one scan, or a while loop when
+    ``cfg.tol`` may stop it early and nothing is recorded)."""
+    steps, tol = int(cfg.steps), float(cfg.tol)
     fg = query.free_groups
     if not fg or steps == 0:
         z = jnp.zeros((), h0[0].dtype)
         return InferResult(set_leaves(net, h0, query), jnp.zeros((0,), h0[0].dtype), None,
                            jnp.asarray(0), z, jnp.asarray(True))
-    opt = activity_optimizer(optimizer, lr)
-    grad_fn, masks = energy_grad_fn(net, query, h0, activity_scale)
+    opt = cfg.optimizer
+    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale)
     free0 = tuple(h0[g] for g in fg)
     ost0 = opt.init(free0)
     dtype = h0[0].dtype
@@ -158,9 +153,9 @@ def infer(
     def update(free, ost, g):
         upd, ost = opt.update(g, ost, free)
         free = optax.apply_updates(free, upd)
-        return _reimpose(free, free0, masks), ost
+        return reimpose(free, free0, masks), ost
 
-    if tol > 0 and not record_activities:
+    if tol > 0 and not record:
         def cond(c):
             i, _, _, done, _, _ = c
             return (i < steps) & (~done)
@@ -171,8 +166,7 @@ def infer(
             gn = _norm(g)
             done = gn < tol
             new_free, new_ost = update(free, ost, g)
-            free = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), free, new_free)
-            ost = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), ost, new_ost)
+            free, ost = _frozen_where(done, free, new_free), _frozen_where(done, ost, new_ost)
             return i + jnp.where(done, 0, 1), free, ost, done, es.at[i].set(val), gn
 
         es0 = jnp.full((steps,), jnp.nan, dtype)
@@ -184,89 +178,56 @@ def infer(
             free, ost, done, n = c
             val, g = grad_fn(free)
             # the norm costs a pass over every activity: only when it is used
-            gn = _norm(g) if (tol > 0 or record_activities) else jnp.zeros((), dtype)
+            gn = _norm(g) if (tol > 0 or record) else jnp.zeros((), dtype)
             if tol > 0:
                 done = done | (gn < tol)
                 new_free, new_ost = update(free, ost, g)
-                free = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), free, new_free)
-                ost = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), ost, new_ost)
+                free, ost = _frozen_where(done, free, new_free), _frozen_where(done, ost, new_ost)
                 n = n + jnp.where(done, 0, 1)
             else:
                 free, ost = update(free, ost, g)
                 n = n + 1
-            return (free, ost, done, n), (val, gn, free if record_activities else None)
+            return (free, ost, done, n), (val, gn, free if record else None)
 
         c = (free0, ost0, jnp.asarray(False), jnp.asarray(0))
         (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps)
-        gn = gns[-1] if (tol > 0 or record_activities) else _norm(grad_fn(free)[1])
-    h = set_leaves(net, _merge(h0, query, free), query)
+        gn = gns[-1] if (tol > 0 or record) else _norm(grad_fn(free)[1])
+    h = set_leaves(net, merge_free(h0, query, free), query)
     return InferResult(h, energies, traj, n, gn, done)
 
 
 # ------------------------------------------------------------------------------ ODE
-_DIFFRAX = {"euler": diffrax.Euler, "heun": diffrax.Heun, "tsit5": diffrax.Tsit5}
-
-
-def infer_ode(
-    net: Network,
-    query: QueryPlan,
-    h0: Acts,
-    *,
-    solver: str = "heun",
-    dt: float = 0.1,
-    steps: int = 20,
-    t1: float | None = None,
-    max_steps: int | None = None,
-    adaptive: bool = False,
-    rtol: float = 1e-3,
-    atol: float = 1e-6,
-    steady_state: bool = True,
-    ss_rtol: float = 1e-3,
-    ss_atol: float = 1e-5,
-    record: bool = False,
-    activity_scale: str = "sample",
-) -> InferResult:
-    """Integrate ``dh/dt = −∇_h F`` from 0 to ``t1`` (default ``steps·dt``).
-
-    Constant steps of size ``dt`` (Euler with ``dt = lr`` is exactly plain GD), or adaptive steps
-    (``adaptive=True``: ``PIDController(rtol, atol)``, not with Euler). With ``steady_state`` the
-    solve stops as soon as ``‖∇_h F‖ < ss_atol + ss_rtol·‖h‖``; ``converged`` says whether it
-    fired. With adaptive steps the steady-state tolerances must sit above the controller's noise
-    floor (about ``rtol·‖h‖`` times the largest curvature), or the event cannot fire. ``record`` saves every step's state and energy (``trajectory``/``energies``, padded with
-    ``inf`` after the last step)."""
-    query.check(net)
-    if solver not in _DIFFRAX:
-        raise ValueError(f"unknown ODE solver {solver!r}; known: {', '.join(_DIFFRAX)}")
-    if adaptive and solver == "euler":
-        raise ValueError("Euler has no error estimate: use heun or tsit5 with adaptive steps")
+def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
+          record: bool) -> InferResult:
+    """Integrate ``dh/dt = −∇_h F`` from 0 to ``cfg.t1`` (default ``steps·dt``) with diffrax."""
     fg = query.free_groups
     dtype = h0[0].dtype
     if not fg:
         z = jnp.zeros((), dtype)
         return InferResult(set_leaves(net, h0, query), None, None, jnp.asarray(0), z,
                            jnp.asarray(True))
-    grad_fn, masks = energy_grad_fn(net, query, h0, activity_scale)
+    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale)
     free0 = tuple(h0[g] for g in fg)
-    t1 = float(steps * dt if t1 is None else t1)
+    dt = float(cfg.dt)
+    t1 = float(cfg.steps * dt if cfg.t1 is None else cfg.t1)
+    max_steps = cfg.max_steps
     if max_steps is None:
-        max_steps = 4096 if adaptive else int(math.ceil(t1 / dt - 1e-9)) + 1
+        max_steps = 4096 if cfg.adaptive else int(math.ceil(t1 / dt - 1e-9)) + 1
 
     def vf(t, y, args):
         return jax.tree_util.tree_map(jnp.negative, grad_fn(y)[1])
 
     event = None
-    if steady_state:
+    if cfg.steady_state:
         def cond_fn(t, y, args, **kwargs):
-            return _norm(vf(t, y, args)) < ss_atol + ss_rtol * _norm(y)
+            return _norm(vf(t, y, args)) < cfg.ss_atol + cfg.ss_rtol * _norm(y)
 
         event = diffrax.Event(cond_fn)
-    controller = (diffrax.PIDController(rtol=rtol, atol=atol) if adaptive
-                  else diffrax.ConstantStepSize())
     saveat = diffrax.SaveAt(steps=True) if record else diffrax.SaveAt(t1=True)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf), _DIFFRAX[solver](), t0=0.0, t1=t1, dt0=dt, y0=free0,
-        stepsize_controller=controller, event=event, saveat=saveat, max_steps=max_steps,
-        throw=False,
+        diffrax.ODETerm(vf), cfg.solver, t0=0.0, t1=t1, dt0=dt, y0=free0,
+        stepsize_controller=cfg.stepsize_controller, event=event, saveat=saveat,
+        max_steps=max_steps, throw=False,
     )
     n = sol.stats["num_steps"]
     if record:
@@ -274,17 +235,17 @@ def infer_ode(
         last = jax.tree_util.tree_map(lambda a: a[jnp.maximum(n - 1, 0)], traj)
 
         def e_of(free):
-            return energy(net, _merge(h0, query, free), query)
+            return energy(net, merge_free(h0, query, free), query)
 
         energies = jax.lax.map(e_of, traj)
         energies = jnp.where(jnp.arange(energies.shape[0]) < n, energies, jnp.inf)
     else:
         traj, energies = None, None
         last = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
-    last = _reimpose(last, free0, masks)
+    last = reimpose(last, free0, masks)
     gn = _norm(grad_fn(last)[1])
     converged = sol.event_mask if event is not None else jnp.asarray(False)
-    h = set_leaves(net, _merge(h0, query, last), query)
+    h = set_leaves(net, merge_free(h0, query, last), query)
     return InferResult(h, energies, traj, n, gn, jnp.asarray(converged))
 
 
@@ -310,54 +271,23 @@ def clamp_data(net: Network, query: QueryPlan, data: Mapping[str, Any], dtype=No
     return net.pack(vals, batch=B, dtype=dtype)
 
 
-def run_inference(
-    net: Network,
-    query: QueryPlan,
-    h0: Acts,
-    *,
-    solver: str = "gd",
-    steps: int = 20,
-    lr: float = 0.1,
-    optimizer=None,
-    tol: float = 0.0,
-    activity_scale: str = "sample",
-    ode_options: Mapping[str, Any] | None = None,
-) -> InferResult:
-    """Dispatch to :func:`infer` (``solver = gd``) or :func:`infer_ode` (euler, heun, tsit5)."""
-    if solver == "gd":
-        return infer(net, query, h0, steps=steps, lr=lr, optimizer=optimizer, tol=tol,
-                     activity_scale=activity_scale)
-    opts = dict(ode_options or {})
-    opts.setdefault("dt", lr)
-    return infer_ode(net, query, h0, solver=solver, steps=steps, activity_scale=activity_scale,
-                     **opts)
-
-
 def relax(
     net: Network,
     query,
     data: Mapping[str, Any],
+    inference: Inference | None = None,
     *,
-    init: str | None = None,
+    init=None,
     key=None,
-    steps: int | None = None,
-    lr: float | None = None,
-    solver: str | None = None,
-    **kwargs,
 ) -> InferResult:
-    """Convenience (not jitted): clamp ``data``, initialise, infer. Defaults from the settings."""
+    """Convenience (not jitted): clamp ``data``, initialise (``init``: an ``Initialisation``;
+    default the model's policy), infer (``inference``: default the model's settings)."""
     from ._init import initialise
     from ._network import compile_query
 
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
-    s = net.plan.settings
+    if inference is None:
+        inference = resolve_config(net.plan.settings).inference
     h = clamp_data(net, q, data)
-    h0 = initialise(net, q, h, default=init, key=key)
-    return run_inference(
-        net, q, h0,
-        solver=solver or s.get("solver"),
-        steps=int(s.get("steps") if steps is None else steps),
-        lr=float(s.get("activity_lr") if lr is None else lr),
-        optimizer=kwargs.pop("optimizer", s.get("activity_optimizer")),
-        **kwargs,
-    )
+    h0 = initialise(net, q, h, init, key=key)
+    return infer(net, q, h0, inference)

@@ -64,22 +64,18 @@ from . import _memory as M
 from ._energy import node_prediction
 from ._feasibility import _Analysis, energy_graph, forward_order, init_plan
 from ._graph import natural_key
+from ._config import Initialisation
+from ._cost import init_smm
+from ._errors import Error
 from ._network import Acts, Network, QueryPlan
+from ._registry import INIT_OPTIONS, STATEFUL_INITS as STATEFUL
 
 Initialiser_fn = Callable[..., dict]
 INITIALISERS: dict[str, tuple[int, Initialiser_fn]] = {}  # name -> (stage, fn)
-STATEFUL = ("null", "avg", "mem", "amortised")
-OPTIONS = {
-    "random_mean": 0.0, "random_std": 1.0,
-    "avg_m": None, "avg_hybrid": False, "avg_label": None,
-    "mem_patterns": 256, "mem_heads": 1, "mem_embed": 128, "mem_delta": 200.0,
-    "mem_combine": "mean", "mem_ridge": 0.0, "mem_ref_steps": 100, "mem_logit_std": 2.0,
-    "mem_forward": False, "mem_obs": None,
-    "learned_lr": 1e-2,
-}
+OPTIONS = INIT_OPTIONS  # name -> default (the registry's)
 
 
-class InitError(ValueError):
+class InitError(Error, ValueError):
     """An initialisation that cannot be set up (avg without labels, a missing state, ...)."""
 
 
@@ -204,13 +200,6 @@ def _options(options: Mapping[str, Any] | None) -> dict:
                             + f". Known: {', '.join(OPTIONS)}")
         opts[k] = v
     return opts
-
-
-def _freeze(d: Mapping | None) -> tuple:
-    def fr(v):
-        return tuple(v) if isinstance(v, list) else v
-
-    return tuple(sorted((k, fr(v)) for k, v in dict(d or {}).items()))
 
 
 def observation_nodes(model, query) -> tuple[str, ...]:
@@ -369,7 +358,7 @@ class Initialiser:
                 ps = list(A.predecessors(v))
                 if ps:
                     depth[v] = 1 + max(depth.get(u, 0) for u in ps)
-        return I.init_smm(plan, self.G, amortised_depth=depth, sweep=self.sweep_plan)
+        return init_smm(plan, self.G, amortised_depth=depth, sweep=self.sweep_plan)
 
     # ---- state
     def init_state(self, net: Network, batch_size: int, key=None) -> I.InitState | None:
@@ -503,31 +492,26 @@ def _values(net: Network, h: Acts, names) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def get_initialiser(netplan, query: QueryPlan, default=None, overrides: tuple = (),
-                    options: tuple = (), train: bool = True) -> Initialiser:
-    """A cached :class:`Initialiser` (arguments hashable: overrides/options as sorted tuples)."""
-    return Initialiser(netplan, query, default, overrides, options, train)
+def _cached(netplan, query: QueryPlan, init: Initialisation, train: bool) -> Initialiser:
+    return Initialiser(netplan, query, init.method, init.nodes, init.options, train)
 
 
-def make_initialiser(net: Network, query: QueryPlan, *, default=None, overrides=None,
-                     options=None, train: bool = True) -> Initialiser:
-    return get_initialiser(net.plan, query, default, _freeze(overrides), _freeze(options), train)
+def make_initialiser(net: Network, query: QueryPlan, init: Initialisation | None = None, *,
+                     train: bool = True) -> Initialiser:
+    """The (cached) :class:`Initialiser` of ``query`` for ``init`` (default: the model's)."""
+    return _cached(net.plan, query, Initialisation() if init is None else init, train)
 
 
 def initialise(
     net: Network,
     query: QueryPlan,
     h: Acts,
+    init: Initialisation | None = None,
     *,
-    default: str | None = None,
-    overrides: Mapping[str, str] | None = None,
     key=None,
     state: Any = None,
-    options: Mapping[str, Any] | None = None,
     train: bool = True,
 ) -> Acts:
     """Initial activities: clamped entries from ``h``, every free node by its method. Stateful
     methods (null, avg, mem, amortised) need ``state`` (an ``InitState``)."""
-    init = make_initialiser(net, query, default=default, overrides=overrides, options=options,
-                            train=train)
-    return init(net, h, state, key)
+    return make_initialiser(net, query, init, train=train)(net, h, state, key)

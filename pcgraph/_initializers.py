@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import networkx as nx
 
 from ._graph import natural_key
-from ._memory import HopfieldMemory, memory_loss, memory_smm, retrieve
+from ._memory import HopfieldMemory, memory_loss, retrieve
 from ._network import activation
 
 Array = jax.Array
@@ -518,55 +518,3 @@ def observations(h: Acts, clamped: Iterable[str]) -> Array:
 
 
 # ------------------------------------------------------------------------------ SMM
-def init_smm(
-    plan: Mapping[str, str],
-    G: nx.DiGraph,
-    *,
-    amortised_depth: Mapping[str, int] | None = None,
-    sweep: SweepPlan | None = None,
-) -> int:
-    """Sequential matrix multiplications of the initialisation (seed 004 eq. 5–6): the longest
-    chain of matmuls before inference starts. Clamped/zero/random/null/avg: 0 (no matmul; avg is
-    layer-local, eq. 7). forward: 1 + the deepest parent, and the prediction of the
-    first non-forward node after it adds one (a forward pass through an L-layer MLP costs L, eq. 6). mem: 2 (``o·(QKᵀ)`` then ``·V``), and nodes
-    forward-initialised from a memorised node (``mem_forward``) add to it. amortised: its depth on the ``~>`` path.
-    sweep: its depth in the sweep DAG."""
-    d: dict[str, int] = {}
-
-    def depth(v: str, seen=()) -> int:
-        if v in d:
-            return d[v]
-        m = plan.get(v, "clamped")
-        if m in ("forward", "mem_forward"):
-            if v in seen:
-                raise ValueError(f"forward planned on a cycle through {v}")
-            val = 1 + max((depth(u, seen + (v,)) for u in G.predecessors(v)), default=-1)
-        elif m == "mem":
-            val = memory_smm()
-        elif m == "amortised":
-            val = (amortised_depth or {}).get(v, 1)
-        elif m == "sweep":
-            val = sweep.depth.get(v, 0) if sweep is not None else 0
-        else:
-            val = 0
-        d[v] = val
-        return val
-
-    best = max((depth(v) for v in G), default=0)
-    # eq. 6 counts one matmul per layer of the forward pass, the output's prediction included
-    # (it is what makes F(h(0)) the output loss): a forward-initialised node's children add one.
-    for u, v in G.edges:
-        fw = ("forward", "mem_forward", "sweep")
-        if plan.get(u) in fw and plan.get(v) not in fw:
-            best = max(best, depth(u) + 1)
-    return best
-
-
-def smm_pc(steps: int, init_smm_value: int = 0) -> int:
-    """SMM_PC = 2T (+ the initialisation's SMMs, e.g. + L for a forward pass)."""
-    return 2 * int(steps) + int(init_smm_value)
-
-
-def smm_bp(longest_path: int) -> int:
-    """SMM_BP = 2L − 1."""
-    return 2 * int(longest_path) - 1

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ._registry import DEFAULT_SETTINGS
+
 
 @dataclass(frozen=True, order=True)
 class Span:
@@ -130,23 +132,7 @@ class QueryIR:
     name_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False)
 
 
-# Settings every model has, with defaults; all overridable from the API and the CLI.
-DEFAULT_SETTINGS: Mapping[str, Scalar] = {
-    "parameterisation": "standard",  # standard | mupc
-    "steps": 20,  # inference steps T
-    "activity_lr": 0.1,
-    "activity_optimizer": "sgd",
-    "weight_lr": 1e-3,
-    "weight_optimizer": "adam",
-    "weight_decay": 0.0,
-    "init": "auto",  # default activity initialisation policy
-    "solver": "gd",  # gd | euler | heun | tsit5
-    "seed": 0,
-    "epochs": 10,
-    "batch_size": 64,
-}
-
-
+# Settings every model has, with defaults: the registry holds them (one place).
 @dataclass(frozen=True)
 class SettingsIR:
     values: tuple[tuple[str, Scalar], ...] = ()

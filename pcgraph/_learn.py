@@ -29,33 +29,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._energy import energy, forward_acts, node_energies, topological_order
-from ._infer import (
-    _merge,
-    _reimpose,
-    activity_optimizer as make_activity_optimizer,
-    clamp_data,
-    condition_grads,
-    energy_grad_fn,
-    run_inference,
-)
+from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
+from ._cost import step_cost
+from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
+from ._infer import clamp_data, condition_grads, energy_grad_fn, infer, merge_free, reimpose
 from ._init import InitError, make_initialiser
 from ._network import Network, QueryPlan, compile_query
-
-METHODS = ("pc", "ipc", "bp")
-
-
-def weight_optimizer_from_settings(settings) -> optax.GradientTransformation:
-    """The model's ``weight_optimizer`` / ``weight_lr`` / ``weight_decay`` settings as optax."""
-    name = settings.get("weight_optimizer")
-    lr = float(settings.get("weight_lr"))
-    wd = float(settings.get("weight_decay"))
-    if name in ("adam", "adamw"):
-        return optax.adamw(lr, weight_decay=wd) if (wd > 0 or name == "adamw") else optax.adam(lr)
-    if name in ("sgd", "momentum"):
-        opt = optax.sgd(lr, momentum=0.9 if name == "momentum" else None)
-        return optax.chain(optax.add_decayed_weights(wd), opt) if wd > 0 else opt
-    raise ValueError(f"unknown weight optimizer {name!r}; known: adam, adamw, sgd, momentum")
+from ._registry import ALGORITHMS
 
 
 def _params(net: Network):
@@ -135,17 +115,19 @@ class StepState(eqx.Module):
     carry: Any
 
 
-def resolve_inference(net: Network, steps, activity_lr, activity_optimizer_, init, solver):
-    """``(T, activity lr, activity optimizer, init, solver)``: the arguments given, else the model
-    settings (``init`` None stays None: ``_init`` resolves the model's policy)."""
-    s = net.plan.settings
-    return (
-        int(s.get("steps") if steps is None else steps),
-        float(s.get("activity_lr") if activity_lr is None else activity_lr),
-        s.get("activity_optimizer") if activity_optimizer_ is None else activity_optimizer_,
-        init,  # None: the model setting (resolved by _init)
-        s.get("solver") if solver is None else solver,
-    )
+def _defaults(net: Network, inference, init, weight_optimizer=None, *, need_weights=True):
+    """Unset objects from the model's settings (one resolution, only when something is unset)."""
+    if inference is None or (need_weights and weight_optimizer is None):
+        cfg = resolve_config(net.plan.settings)
+        inference = cfg.inference if inference is None else inference
+        weight_optimizer = cfg.weight_optimizer if weight_optimizer is None else weight_optimizer
+    return inference, Initialisation() if init is None else init, weight_optimizer
+
+
+def _longest_path(net: Network) -> int | None:
+    from ._feasibility import analyse
+
+    return analyse(net.plan.model).longest_path if net.plan.model is not None else None
 
 
 def make_train_step(
@@ -153,117 +135,112 @@ def make_train_step(
     query,
     *,
     method: str = "pc",
+    inference: Inference | None = None,
+    init: Initialisation | None = None,
     weight_optimizer: optax.GradientTransformation | None = None,
-    steps: int | None = None,
-    activity_lr: float | None = None,
-    activity_optimizer=None,
-    init: str | None = None,
-    init_overrides: Mapping[str, str] | None = None,
-    init_options: Mapping[str, Any] | None = None,
-    solver: str | None = None,
-    ode_options: Mapping[str, Any] | None = None,
-    tol: float = 0.0,
-    activity_scale: str = "sample",
     record_node_energies: bool = False,
     jit: bool = True,
 ) -> TrainStep:
-    """One jitted training step for ``query`` (``method`` = pc | ipc | bp). Unset options come
-    from the model settings (``steps``, ``activity_lr``, ``activity_optimizer``, ``init``,
-    ``solver``, ``weight_optimizer``/``weight_lr``/``weight_decay``)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    """One jitted training step for ``query`` (``method`` = pc | ipc | bp).
+
+    ``inference`` (a ``GradientDescent`` or ``GradientFlow``), ``init`` (an ``Initialisation``)
+    and ``weight_optimizer`` (optax) default to the model's settings."""
+    if method not in ALGORITHMS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(ALGORITHMS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    T, lr, aopt, init, solver = resolve_inference(net, steps, activity_lr, activity_optimizer,
-                                                  init, solver)
-    wopt = weight_optimizer or weight_optimizer_from_settings(net.plan.settings)
-    q_out = q.with_counts(q.clamped_targets)
-    overrides = dict(init_overrides or {})
-    init_options = dict(init_options or {})
-    from ._feasibility import analyse
-    from ._initializers import smm_bp, smm_pc
-
-    L = analyse(net.plan.model).longest_path if net.plan.model is not None else None
-    smm = {"steps": T, "smm_bp": smm_bp(L) if L else None}
-
+    inference, init, wopt = _defaults(net, inference, init, weight_optimizer)
+    L = _longest_path(net)
     if method == "bp":
-        order = topological_order(net, q.clamp)
-        smm.update(init_smm=0, smm_pc=None, smm_per_update=smm["smm_bp"])
+        return TrainStep(_bp_step(topological_order(net, q.clamp), q, wopt), wopt, q, method, jit, None,
+                         step_cost("bp", inference.steps, 0, L))
+    initer = make_initialiser(net, q, init, train=True)
+    smm = step_cost(method, inference.steps, initer.smm, L)
+    if method == "ipc" and not isinstance(inference, GradientDescent):
+        raise ValueError("iPC runs discrete steps: use solver = gd (a GradientDescent)")
+    build = _pc_step if method == "pc" else _ipc_step
+    fn = build(q, inference, initer, wopt, record_node_energies)
+    return TrainStep(fn, wopt, q, method, jit, initer, smm)
 
-        def bp_step(net_, opt_state, batch, key, carry):
-            h = clamp_data(net_, q, batch)
 
-            def loss(n):
-                return energy(n, forward_acts(n, h, order), q_out)
+def _bp_step(order: tuple[str, ...], q: QueryPlan, wopt):
+    """Backprop through the forward pass of the DAG from the clamped roots (the baseline)."""
+    q_out = q.with_counts(q.clamped_targets)
 
-            val, grads = eqx.filter_value_and_grad(loss)(net_)
-            updates, opt_state = wopt.update(grads, opt_state, _params(net_))
-            net_ = eqx.apply_updates(net_, updates)
-            metrics = {"loss": val, "energy_start": val, "energy_end": val, "loss_end": val,
-                       "steps": jnp.asarray(0)}
-            return net_, opt_state, metrics, carry
+    def bp_step(net_, opt_state, batch, key, carry):
+        h = clamp_data(net_, q, batch)
 
-        return TrainStep(bp_step, wopt, q, method, jit, None, smm)
+        def loss(n):
+            return energy(n, forward_acts(n, h, order), q_out)
 
-    initer = make_initialiser(net, q, default=init, overrides=overrides, options=init_options,
-                              train=True)
-    smm.update(init_smm=initer.smm, smm_pc=smm_pc(T, initer.smm))
-    smm["smm_per_update"] = (smm["smm_pc"] / max(T, 1)) if method == "ipc" else smm["smm_pc"]
-    ref_T = max(T, int(initer.options["mem_ref_steps"]))
+        val, grads = eqx.filter_value_and_grad(loss)(net_)
+        updates, opt_state = wopt.update(grads, opt_state, _params(net_))
+        net_ = eqx.apply_updates(net_, updates)
+        metrics = {"loss": val, "energy_start": val, "energy_end": val, "loss_end": val,
+                   "steps": jnp.asarray(0)}
+        return net_, opt_state, metrics, carry
 
-    def relax_from_zero(net_, h):
-        return run_inference(net_, q, h, solver=solver, steps=ref_T, lr=lr, optimizer=aopt,
-                             tol=tol, activity_scale=activity_scale, ode_options=ode_options).h
+    return bp_step
+
+
+def _init_acts(q: QueryPlan, inference: Inference, initer):
+    """``(net, batch, key, carry) -> (clamped h, h(0), carry)``: clamp, fit the memories on the
+    first batch (from a longer relaxation from zero where forward is impossible), initialise."""
+    ref = with_steps(inference, max(inference.steps, int(initer.options["mem_ref_steps"])))
 
     def init_acts(net_, batch, key, carry):
         h = clamp_data(net_, q, batch)
-        carry = initer.prepare(net_, h, carry, lambda hh: relax_from_zero(net_, hh))
+        carry = initer.prepare(net_, h, carry, lambda hh: infer(net_, q, hh, ref).h)
         return h, initer(net_, h, carry, key), carry
 
-    if method == "pc":
-        def pc_step(net_, opt_state, batch, key, carry):
-            h, h0, carry = init_acts(net_, batch, key, carry)
-            res = run_inference(net_, q, h0, solver=solver, steps=T, lr=lr, optimizer=aopt,
-                                tol=tol, activity_scale=activity_scale, ode_options=ode_options)
-            hs = jax.lax.stop_gradient(res.h)
-            F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q))(net_)
-            if solver == "gd" and T > 0 and q.free_groups:
-                F0 = res.energies[0]
-            else:
-                F0 = energy(net_, h0, q)
-            carry, init_loss = initer.update(net_, carry, h, hs)
-            metrics = {
-                "energy_start": F0,
-                "energy_end": F_end,
-                "loss": energy(net_, h0, q_out),
-                "loss_end": energy(net_, hs, q_out),
-                "steps": res.steps,
-                "init_loss": init_loss,
-            }
-            if record_node_energies:
-                metrics["node_energies"] = node_energies(net_, hs, q)
-            updates, opt_state = wopt.update(grads, opt_state, _params(net_))
-            net_ = eqx.apply_updates(net_, updates)
-            return net_, opt_state, metrics, carry
+    return init_acts
 
-        return TrainStep(pc_step, wopt, q, method, jit, initer, smm)
 
-    # ---- iPC
-    if solver != "gd":
-        raise ValueError("iPC runs discrete steps: use solver = gd")
-    aopt_t = make_activity_optimizer(aopt, lr)
+def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energies: bool):
+    """initialise → infer → stop_gradient → ∂F/∂θ at the relaxed activities → optax update."""
+    init_acts = _init_acts(q, inference, initer)
+    q_out = q.with_counts(q.clamped_targets)
+    scanned = isinstance(inference, GradientDescent) and inference.steps > 0 and q.free_groups
+
+    def pc_step(net_, opt_state, batch, key, carry):
+        h, h0, carry = init_acts(net_, batch, key, carry)
+        res = infer(net_, q, h0, inference)
+        hs = jax.lax.stop_gradient(res.h)
+        F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q))(net_)
+        F0 = res.energies[0] if scanned else energy(net_, h0, q)
+        carry, init_loss = initer.update(net_, carry, h, hs)
+        metrics = {
+            "energy_start": F0,
+            "energy_end": F_end,
+            "loss": energy(net_, h0, q_out),
+            "loss_end": energy(net_, hs, q_out),
+            "steps": res.steps,
+            "init_loss": init_loss,
+        }
+        if record_node_energies:
+            metrics["node_energies"] = node_energies(net_, hs, q)
+        updates, opt_state = wopt.update(grads, opt_state, _params(net_))
+        net_ = eqx.apply_updates(net_, updates)
+        return net_, opt_state, metrics, carry
+
+    return pc_step
+
+
+def _ipc_step(q: QueryPlan, inference: GradientDescent, initer, wopt, record_node_energies: bool):
+    """Incremental PC: θ updated at every inference step, from the same ∇F evaluation."""
+    init_acts = _init_acts(q, inference, initer)
+    q_out = q.with_counts(q.clamped_targets)
+    aopt, T = inference.optimizer, max(int(inference.steps), 1)
 
     def ipc_step(net_, opt_state, batch, key, carry):
         h, h0, carry = init_acts(net_, batch, key, carry)
         params, static = eqx.partition(net_, eqx.is_inexact_array)
-        fg = q.free_groups
-        free0 = tuple(h0[g] for g in fg)
-        B = h0[0].shape[1]
-        scale = float(B) if activity_scale == "sample" else 1.0
-        _, masks = energy_grad_fn(net_, q, h0, activity_scale)
+        free0 = tuple(h0[g] for g in q.free_groups)
+        scale = float(h0[0].shape[1]) if inference.activity_scale == "sample" else 1.0
+        _, masks = energy_grad_fn(net_, q, h0, inference.activity_scale)
 
         def F(free, p):
-            return energy(eqx.combine(p, static), _merge(h0, q, free), q)
+            return energy(eqx.combine(p, static), merge_free(h0, q, free), q)
 
         vg = jax.value_and_grad(F, argnums=(0, 1))
 
@@ -271,46 +248,39 @@ def make_train_step(
             free, aost, p, wost = c
             val, (gh, gp) = vg(free, p)
             gh = condition_grads(gh, masks, scale)
-            upd, aost = aopt_t.update(gh, aost, free)
-            free = _reimpose(optax.apply_updates(free, upd), free0, masks)
+            upd, aost = aopt.update(gh, aost, free)
+            free = reimpose(optax.apply_updates(free, upd), free0, masks)
             wupd, wost = wopt.update(gp, wost, p)
             p = eqx.apply_updates(p, wupd)
             return (free, aost, p, wost), val
 
-        c = (free0, aopt_t.init(free0), params, opt_state)
-        (free, _, params, opt_state), energies = jax.lax.scan(body, c, None, length=max(T, 1))
+        c = (free0, aopt.init(free0), params, opt_state)
+        (free, _, params, opt_state), energies = jax.lax.scan(body, c, None, length=T)
         new = eqx.combine(params, static)
-        hs = jax.lax.stop_gradient(_merge(h0, q, free))
+        hs = jax.lax.stop_gradient(merge_free(h0, q, free))
         carry, init_loss = initer.update(net_, carry, h, hs)
         metrics = {
             "energy_start": energies[0],
             "energy_end": energy(new, hs, q),
             "loss": energy(net_, h0, q_out),
             "loss_end": energy(new, hs, q_out),
-            "steps": jnp.asarray(max(T, 1)),
+            "steps": jnp.asarray(T),
             "init_loss": init_loss,
         }
         if record_node_energies:
             metrics["node_energies"] = node_energies(new, hs, q)
         return new, opt_state, metrics, carry
 
-    return TrainStep(ipc_step, wopt, q, method, jit, initer, smm)
+    return ipc_step
 
 
 def make_eval_step(
     net: Network,
     query,
     *,
-    steps: int | None = None,
-    activity_lr: float | None = None,
-    activity_optimizer=None,
-    init: str | None = None,
-    init_overrides: Mapping[str, str] | None = None,
-    init_options: Mapping[str, Any] | None = None,
-    solver: str | None = None,
-    ode_options: Mapping[str, Any] | None = None,
-    tol: float = 0.0,
-    activity_scale: str = "sample",
+    inference: Inference | None = None,
+    init: Initialisation | None = None,
+    reconstruct: str | None = None,
     jit: bool = True,
 ) -> "EvalStep":
     """A jitted ``(net, batch, key=None, carry=None) -> {read node: value}`` for a test query.
@@ -320,37 +290,38 @@ def make_eval_step(
     Otherwise: initialise, infer, read (free leaves read their prediction: probabilities for a
     categorical node). The label is never clamped here unless the query clamps it.
 
+    ``reconstruct``: a clamped node; the step then returns ``{"sq_err": [B], "energy": F}``, the
+    per-example mean squared error of its prediction from the relaxed activities (a generative
+    model's reconstruction) and the relaxed energy.
+
     ``carry``: the training run's initialiser state, needed where a node of this query uses
     ``mem`` (retrieval from the trained memories), ``amortised`` or ``null``. ``avg`` needs labels,
     so at test avg nodes are forward-initialised (an error where forward is impossible)."""
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    T, lr, aopt, init, solver = resolve_inference(net, steps, activity_lr, activity_optimizer,
-                                                  init, solver)
+    inference, init, _ = _defaults(net, inference, init, need_weights=False)
     reads = q.read or tuple(n for n in net.plan.node_names if n not in q.clamp)
-    overrides = dict(init_overrides or {})
     direct_order = None
     clamped_with_parents = any(net.plan.parents_of[n] for n in q.clamp)
-    init_eff = net.plan.settings.get("init") if init is None else init
-    if not clamped_with_parents and init_eff in ("auto", "forward", "avg") and not overrides:
+    method = net.plan.settings.get("init") if init.method is None else init.method
+    if not clamped_with_parents and method in ("auto", "forward", "avg") and not init.nodes:
         try:
             direct_order = topological_order(net, q.clamp)
         except ValueError:
             direct_order = None
-    initer = None
-    if direct_order is None:
-        initer = make_initialiser(net, q, default=init, overrides=overrides,
-                                  options=init_options, train=False)
+    initer = None if direct_order is not None else make_initialiser(net, q, init, train=False)
 
     def run(net_, batch, key=None, carry=None):
         h = clamp_data(net_, q, batch)
         if direct_order is not None:
             hf = forward_acts(net_, h, direct_order)
         else:
-            h0 = initer(net_, h, carry, key)
-            hf = run_inference(net_, q, h0, solver=solver, steps=T, lr=lr, optimizer=aopt,
-                               tol=tol, activity_scale=activity_scale,
-                               ode_options=ode_options).h
+            hf = infer(net_, q, initer(net_, h, carry, key), inference).h
+        if reconstruct is not None:
+            x = net_.get(h, reconstruct)
+            mu = node_prediction(net_, hf, reconstruct)
+            err = jnp.mean(((x - mu) ** 2).reshape(x.shape[0], -1), axis=-1)
+            return {"sq_err": err, "energy": energy(net_, hf, q)}
         return {n: net_.get(hf, n) for n in reads}
 
     return EvalStep(run, q, reads, direct_order is not None, jit, initer)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ._errors import Error
 from ._ir import TransformIR
 
 PARAMETRIC = frozenset({"dense", "conv"})
@@ -31,7 +32,7 @@ TRANSFORM_ARGS: dict[str, tuple[str, ...]] = {
 _CHANNEL_PRESERVING = frozenset({"identity", "maxpool", "avgpool"})
 
 
-class ShapeError(ValueError):
+class ShapeError(Error, ValueError):
     """A transform cannot map the shape it receives; ``transform`` is the culprit."""
 
     def __init__(self, message: str, transform: TransformIR | None = None, hint: str | None = None):

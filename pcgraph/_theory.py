@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._energy import energy, set_leaves
-from ._infer import _merge
+from ._infer import merge_free
 from ._network import Acts, Network, QueryPlan, compile_query
 
 
@@ -49,7 +49,7 @@ def free_vector(net: Network, query, h: Acts):
         for a, n in zip(base, sizes):
             parts.append(full[o:o + n].reshape(a.shape))
             o += n
-        return _merge(h, q, tuple(parts))
+        return merge_free(h, q, tuple(parts))
 
     return flat[idx], to_acts
 

@@ -18,7 +18,6 @@ import networkx as nx
 
 from ._diagnostics import Diagnostic, did_you_mean
 from ._feasibility import (
-    INIT_METHODS,
     MEM_HINT,
     energy_graph,
     name_list,
@@ -27,18 +26,15 @@ from ._feasibility import (
     problem_diagnostic,
 )
 from ._graph import natural_key
-from ._ir import DEFAULT_SETTINGS, NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
+from ._ir import NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
 from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, resolve_chain
-from ._vocab import ACTIVATIONS, ENERGIES, PARAMETERISATIONS, PRIORS, SOLVERS, WEIGHT_INITS
+from ._registry import ACTIVATIONS, DEFAULT_SETTINGS, INIT_METHODS, ENERGIES, PRIORS, SETTINGS, WEIGHT_INITS
 
-# allowed values of string settings; other settings are typed by their default
+# allowed values of string settings (the registry's); other settings are typed by their default
 SETTING_CHOICES: dict[str, frozenset[str]] = {
-    "parameterisation": PARAMETERISATIONS,
-    "solver": SOLVERS,
-    "init": frozenset(INIT_METHODS),
-}
-_NONNEGATIVE = {"steps", "weight_decay", "weight_lr", "seed"}
-_POSITIVE = {"activity_lr", "epochs", "batch_size"}
+    k: frozenset(s.choices) for k, s in SETTINGS.items() if s.choices is not None}
+_NONNEGATIVE = {k for k, s in SETTINGS.items() if s.minimum == "nonnegative"}
+_POSITIVE = {k for k, s in SETTINGS.items() if s.minimum == "positive"}
 
 
 def validate(model: ModelIR, sources: Mapping[str, str] | None = None) -> list[Diagnostic]:

@@ -36,6 +36,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ._errors import Error
+
 DATASETS = ("digits", "fashion-mnist", "mnist", "kmnist", "cifar10")
 _ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "cifar-10": "cifar10", "k-mnist": "kmnist"}
@@ -76,7 +78,7 @@ _CLASSES = {
 }
 
 
-class DataError(Exception):
+class DataError(Error):
     """Base class of every data problem (missing files, bad formats, checksums, shapes)."""
 
 

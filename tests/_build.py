@@ -171,3 +171,18 @@ def linear_system_by_hand(net, free, clamped):
         b += -pi * k @ M
         c += 0.5 * pi * np.sum(k * k, axis=1)
     return A, b, c
+
+
+def opts(net, *, init_options=None, init_overrides=None, activity_scale=None, **settings):
+    """``inference=`` and ``init=`` for ``make_train_step`` / ``make_eval_step`` from settings
+    given by name (``steps=5``, ``init="mem"``, ...), through the public resolver."""
+    import dataclasses
+
+    import pcgraph
+
+    c = pcgraph.resolve_config(net.plan.settings, init_nodes=init_overrides,
+                               init_options=init_options, **settings)
+    inference = c.inference
+    if activity_scale is not None:
+        inference = dataclasses.replace(inference, activity_scale=activity_scale)
+    return {"inference": inference, "init": c.init}

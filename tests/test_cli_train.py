@@ -179,14 +179,15 @@ def test_cyclic_model_with_memory_state_resumes_exactly(tmp_path, capsys):
 
     def arrays(ckpt):
         from pcgraph._checkpoint import load
-        from pcgraph._load import load as load_model
-        from pcgraph._network import build
-        from pcgraph._train import fresh_carry, make_optimizer, resolve_config
         import equinox as eqx
 
+        from pcgraph import build, fresh_carry, resolve_config
+        from pcgraph import load as load_model
+
         net = build(load_model(cyc), seed=0)
-        like = fresh_carry(net, batch_size=128, seed=0, init_options={"mem_patterns": 16})
-        opt = make_optimizer(resolve_config(net)).init(eqx.filter(net, eqx.is_inexact_array))
+        config = resolve_config(net.plan.settings, init_options={"mem_patterns": 16})
+        like = fresh_carry(net, batch_size=128, seed=0, init=config.init)
+        opt = config.weight_optimizer.init(eqx.filter(net, eqx.is_inexact_array))
         _, _, carry, _ = load(ckpt, net, opt, like)
         assert set(carry.memories) == {"a", "b"}
         return [np.asarray(x) for x in jax.tree_util.tree_leaves(carry)]

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import _build as b
@@ -17,8 +18,8 @@ from pcgraph._energy import (
     node_energies,
     predictions,
 )
-from pcgraph._init import initialise
-from pcgraph._infer import clamp_data, infer
+from pcgraph import GradientDescent, Initialisation, infer, initialise
+from pcgraph._infer import clamp_data
 from pcgraph._network import build, compile_query
 
 TOL = 1e-10
@@ -265,9 +266,9 @@ def test_forward_energy_equals_output_loss(x64):
 
     @eqx.filter_jit
     def run(net, x, y):
-        h0 = initialise(net, q, clamp_data(net, q, {"x": x, "y": y}), default="forward")
+        h0 = initialise(net, q, clamp_data(net, q, {"x": x, "y": y}), Initialisation("forward"))
         fw = forward(net, {"x": x})
-        r = infer(net, q, h0, steps=10, lr=0.05)
+        r = infer(net, q, h0, GradientDescent(10, optax.sgd(0.05)))
         return dict(h0=h0, ne=node_energies(net, h0, q), F0=energy(net, h0, q), fw=fw,
                     mu=predictions(net, net.pack(fw)), r=r, F_end=energy(net, r.h, q))
 

@@ -1,21 +1,36 @@
 """Inference reaches the closed-form equilibrium of linear graphs (discriminative, cyclic,
 generative), with GD in a scan and with diffrax; options (early stop, optax, recording, masks)."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import _build as b
 from pcgraph._energy import energy
-from pcgraph._infer import clamp_data, infer, infer_ode, relax
+from pcgraph import GradientDescent, GradientFlow, Initialisation, infer, relax
+from pcgraph._infer import clamp_data
 from pcgraph._network import build, compile_query
 from pcgraph._theory import linear_equilibrium
 
 E = eqx.filter_jit(energy)
-INFER = eqx.filter_jit(infer)
-INFER_ODE = eqx.filter_jit(infer_ode)
+_infer = eqx.filter_jit(infer)
+
+
+def INFER(net, q, h0, *, steps, lr=0.1, optimizer=None, record_activities=False, **kw):
+    """Gradient descent with plain SGD at ``lr`` (or ``optimizer``)."""
+    gd = GradientDescent(steps, optimizer or optax.sgd(lr), **kw)
+    return _infer(net, q, h0, gd, record=record_activities)
+
+
+def INFER_ODE(net, q, h0, *, solver, adaptive=False, rtol=1e-3, atol=1e-6, **kw):
+    """A gradient flow with the named diffrax solver."""
+    ctrl = diffrax.PIDController(rtol=rtol, atol=atol) if adaptive else diffrax.ConstantStepSize()
+    solvers = {"euler": diffrax.Euler, "heun": diffrax.Heun, "tsit5": diffrax.Tsit5}
+    return _infer(net, q, h0, GradientFlow(solvers[solver](), stepsize_controller=ctrl, **kw))
 
 
 def _np(key, shape):
@@ -176,8 +191,8 @@ def test_partly_clamped_group(x64):
 def test_free_leaf_is_its_prediction(x64):
     m = b.mlp([3, 4, 4, 2], act="tanh", out_energy="categorical")
     net = build(m, seed=3)
-    r = relax(net, "test", {"x": jnp.asarray(_np(0, (5, 3)))}, init="zero", steps=5, lr=0.1,
-              solver="gd")
+    r = relax(net, "test", {"x": jnp.asarray(_np(0, (5, 3)))}, GradientDescent(5, optax.sgd(0.1)),
+              init=Initialisation("zero"))
     y = net.get(r.h, "y")
     np.testing.assert_allclose(np.asarray(y).sum(axis=1), 1.0, atol=1e-12)  # probabilities
     p = net.term_params("h2->y")[0]

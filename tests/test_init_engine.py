@@ -21,7 +21,8 @@ import _build as b
 from pathlib import Path
 from pcgraph._diagnostics import PcgError
 from pcgraph._energy import energy, forward_acts, node_energies
-from pcgraph._infer import clamp_data, run_inference
+from pcgraph import GradientDescent, Initialisation, infer
+from pcgraph._infer import clamp_data
 from pcgraph._init import InitError, make_initialiser, resolve
 from pcgraph._learn import StepState, make_eval_step, make_train_step
 from pcgraph._network import build, compile_query
@@ -71,7 +72,7 @@ def _hybrid():
 
 
 def _relax(net, q, h0, T=5, lr=0.1):
-    return run_inference(net, q, h0, steps=T, lr=lr).h
+    return infer(net, q, h0, GradientDescent(T, optax.sgd(lr))).h
 
 
 # ------------------------------------------------------------------------------ definitions
@@ -82,8 +83,7 @@ def test_null_carries_over_and_avg_is_class_means_of_previous_batch(x64):
     batch1 = {"x": X[:6], "y": y[:6]}
     batch2 = {"x": X[6:], "y": y[6:]}
     for method in ("null", "avg"):
-        step = make_train_step(net, q, steps=5, activity_lr=0.1, init=method,
-                               weight_optimizer=optax.sgd(0.0))  # weights fixed: easy replay
+        step = make_train_step(net, q, weight_optimizer=optax.sgd(0.0), **b.opts(net, steps=5, activity_lr=0.1, init=method))  # weights fixed: easy replay
         state = step.init(net, batch_size=6)
         init = step.initialiser
         assert init.uses(method) and init.stateful
@@ -109,14 +109,14 @@ def test_forward_init_zero_error_everywhere_but_the_clamped_output(x64):
     q = compile_query(net, "train")
     X, y = _data(5)
     h = clamp_data(net, q, {"x": X, "y": y})
-    h0 = make_initialiser(net, q, default="forward")(net, h)
+    h0 = make_initialiser(net, q, Initialisation("forward"))(net, h)
     E = node_energies(net, h0, q)
     assert set(E) == {"h1", "h2", "y"}
     assert float(E["h1"]) == 0.0 and float(E["h2"]) == 0.0 and float(E["y"]) > 0
     q_out = q.with_counts(q.clamped_targets)
     np.testing.assert_allclose(float(energy(net, h0, q)), float(energy(net, h0, q_out)))
     # auto picks forward on this DAG, and the step reports energy_start = output loss
-    step = make_train_step(net, "train", steps=3)
+    step = make_train_step(net, "train", **b.opts(net, steps=3))
     assert step.initialiser.methods == {"x": "clamped", "h1": "forward", "h2": "forward",
                                         "y": "clamped"}
     _, _, met = step(net, step.init(net), {"x": X, "y": y})
@@ -125,8 +125,8 @@ def test_forward_init_zero_error_everywhere_but_the_clamped_output(x64):
 
 def test_mem_retrieval_is_eq8_by_hand(x64):
     net = build(_loop(), seed=2)
-    step = make_train_step(net, "train", steps=4, init_options={"mem_patterns": 5,
-                                                                 "mem_embed": 4})
+    step = make_train_step(net, "train", **b.opts(net, steps=4, init_options={"mem_patterns": 5,
+                                                                 "mem_embed": 4}))
     X, y = _data(8)
     state = step.init(net)
     for _ in range(2):  # fitted on the first batch, trained on both
@@ -141,7 +141,7 @@ def test_mem_retrieval_is_eq8_by_hand(x64):
         expect = _np_softmax(mem.delta * (X @ Q + bb) @ K.T) @ V
         np.testing.assert_allclose(np.asarray(h0[v]), expect, rtol=1e-10, atol=1e-12)
     # the test query (label not clamped) retrieves from the same memories
-    ev = make_eval_step(net, "test", steps=0)
+    ev = make_eval_step(net, "test", **b.opts(net, steps=0))
     out = ev(net, {"img": X}, carry=state)
     assert out["label"].shape == (8, 3)
     with pytest.raises(InitError, match="carry"):
@@ -152,7 +152,7 @@ def test_lstsq_values_reproduce_forward_reference_on_first_batch(x64):
     """mem asked on a DAG: the reference is the forward pass."""
     net = build(_mlp(), seed=3)
     q = compile_query(net, "train")
-    step = make_train_step(net, q, init="mem", steps=2, init_options={"mem_patterns": 16})
+    step = make_train_step(net, q, **b.opts(net, init="mem", steps=2, init_options={"mem_patterns": 16}))
     init = step.initialiser
     assert not init.ref_needs_relax
     X, y = _data(8)
@@ -172,8 +172,7 @@ def test_lstsq_values_reproduce_forward_reference_on_first_batch(x64):
 def test_lstsq_values_reproduce_equilibrium_from_zero_on_cyclic_graph(x64):
     net = build(_loop(), seed=4)
     q = compile_query(net, "train")
-    step = make_train_step(net, q, steps=3, activity_lr=0.1,
-                           init_options={"mem_patterns": 16, "mem_ref_steps": 50})
+    step = make_train_step(net, q, **b.opts(net, steps=3, activity_lr=0.1, init_options={"mem_patterns": 16, "mem_ref_steps": 50}))
     init = step.initialiser
     assert init.ref_needs_relax
     X, y = _data(8)
@@ -190,7 +189,7 @@ def test_lstsq_values_reproduce_equilibrium_from_zero_on_cyclic_graph(x64):
 def test_sweep_leaves_out_the_feedback_edge(x64):
     net = build(_loop(), seed=5)
     q = compile_query(net, "test")
-    init = make_initialiser(net, q, default="sweep", train=False)
+    init = make_initialiser(net, q, Initialisation("sweep"), train=False)
     assert init.sweep_plan.dropped == (("b", "a"),) and init.smm == 3
     X, _ = _data(4)
     h = clamp_data(net, q, {"img": X})
@@ -204,8 +203,7 @@ def test_sweep_leaves_out_the_feedback_edge(x64):
 
 def test_amortised_init_is_the_bottom_up_path_and_learns(x64):
     net = build(_hybrid(), seed=6)
-    step = make_train_step(net, "train", steps=10, activity_lr=0.1,
-                           init_options={"learned_lr": 1e-2})
+    step = make_train_step(net, "train", **b.opts(net, steps=10, activity_lr=0.1, init_options={"learned_lr": 1e-2}))
     init = step.initialiser
     assert init.methods == {"img": "clamped", "z": "amortised", "h": "mem"}
     rng = np.random.default_rng(0)
@@ -252,41 +250,41 @@ def test_auto_per_node_on_dag_cyclic_generative_and_hybrid():
 
 def test_forward_where_impossible_names_the_cycle_or_roots_and_suggests_mem():
     with pytest.raises(PcgError) as info:
-        make_train_step(build(_loop(), seed=0), "train", init="forward")
+        make_train_step(build(_loop(), seed=0), "train", **b.opts(build(_loop(), seed=0), init="forward"))
     text = str(info.value)
     assert "cycle a -> b -> a" in text and "mem" in text and "Prop. 3.2" in text
     with pytest.raises(PcgError) as info:
-        make_train_step(build(_gen(), seed=0), "train", init="forward")
+        make_train_step(build(_gen(), seed=0), "train", **b.opts(build(_gen(), seed=0), init="forward"))
     assert "roots not clamped: z" in str(info.value) and "mem" in str(info.value)
     with pytest.raises(PcgError, match="cycle a -> b -> a"):
-        make_train_step(build(_loop(), seed=0), "train", init_overrides={"a": "forward"})
+        make_train_step(build(_loop(), seed=0), "train", **b.opts(build(_loop(), seed=0), init_overrides={"a": "forward"}))
     with pytest.raises(PcgError, match="amortised"):
-        make_train_step(build(_gen(), seed=0), "train", init_overrides={"h": "amortised"})
+        make_train_step(build(_gen(), seed=0), "train", **b.opts(build(_gen(), seed=0), init_overrides={"h": "amortised"}))
 
 
 def test_avg_needs_labels_and_is_training_only():
     with pytest.raises(InitError, match="labels"):
-        make_train_step(build(_gen(), seed=0), "train", init="avg")
+        make_train_step(build(_gen(), seed=0), "train", **b.opts(build(_gen(), seed=0), init="avg"))
     net = build(_mlp(), seed=0)
     # at test avg nodes are forward-initialised (eq. 7 needs labels)
-    ev = make_initialiser(net, compile_query(net, "test"), default="avg", train=False)
+    ev = make_initialiser(net, compile_query(net, "test"), Initialisation("avg"), train=False)
     assert ev.methods["h1"] == ev.methods["h2"] == "forward"
     # on a cyclic graph there is no forward pass to fall back on
     loop = build(_loop(), seed=0)
     with pytest.raises(InitError, match="mem"):
-        make_initialiser(loop, compile_query(loop, "test"), default="avg", train=False)
+        make_initialiser(loop, compile_query(loop, "test"), Initialisation("avg"), train=False)
     with pytest.raises(InitError, match="unknown init option"):
-        make_train_step(net, "train", init_options={"mem_patern": 3})
+        make_train_step(net, "train", **b.opts(net, init_options={"mem_patern": 3}))
 
 
 def test_hybrid_avg_forward_for_first_m_layers():
     net = build(b.mlp([4, 5, 5, 5, 5, 3]), seed=0)
-    step = make_train_step(net, "train", init="avg", init_options={"avg_hybrid": True})
+    step = make_train_step(net, "train", **b.opts(net, init="avg", init_options={"avg_hybrid": True}))
     # L = 5 weight layers -> m = 3: h1..h3 forward, h4 avg
     assert [step.initialiser.methods[f"h{i}"] for i in range(1, 5)] == \
         ["forward", "forward", "forward", "avg"]
     assert step.initialiser.label == "y"
-    step = make_train_step(net, "train", init="avg", init_options={"avg_m": 1})
+    step = make_train_step(net, "train", **b.opts(net, init="avg", init_options={"avg_m": 1}))
     assert [step.initialiser.methods[f"h{i}"] for i in range(1, 5)] == \
         ["forward", "avg", "avg", "avg"]
 
@@ -294,12 +292,12 @@ def test_hybrid_avg_forward_for_first_m_layers():
 # ------------------------------------------------------------------------------ SMM, jit
 def test_smm_per_step_includes_the_initialisation():
     net = build(b.mlp([4, 5, 5, 5, 5, 3]), seed=0)  # L = 5
-    assert make_train_step(net, "train", steps=5).smm["smm_pc"] == 2 * 5 + 5
-    assert make_train_step(net, "train", steps=5, init="zero").smm["smm_pc"] == 10
-    assert make_train_step(net, "train", steps=5, init="mem").smm["smm_pc"] == 12
-    assert make_train_step(net, "train", steps=5, init="avg").smm["smm_pc"] == 10
+    assert make_train_step(net, "train", **b.opts(net, steps=5)).smm["smm_pc"] == 2 * 5 + 5
+    assert make_train_step(net, "train", **b.opts(net, steps=5, init="zero")).smm["smm_pc"] == 10
+    assert make_train_step(net, "train", **b.opts(net, steps=5, init="mem")).smm["smm_pc"] == 12
+    assert make_train_step(net, "train", **b.opts(net, steps=5, init="avg")).smm["smm_pc"] == 10
     assert make_train_step(net, "train", method="bp").smm["smm_bp"] == 9
-    ipc = make_train_step(net, "train", method="ipc", steps=5)
+    ipc = make_train_step(net, "train", method="ipc", **b.opts(net, steps=5))
     assert ipc.smm["smm_per_update"] == 15 / 5
 
 
@@ -308,7 +306,7 @@ def test_smm_per_step_includes_the_initialisation():
     (_loop, "mem", {"img": 0, "label": 1}), (_hybrid, None, {"img": 0})])
 def test_stateful_step_traces_once(model, init, batch):
     net = build(model(), seed=0)
-    step = make_train_step(net, "train", steps=3, init=init)
+    step = make_train_step(net, "train", **b.opts(net, steps=3, init=init))
     assert step.stateful
     state = step.init(net, batch_size=6)
     assert isinstance(state, StepState)
@@ -325,7 +323,7 @@ def test_stateful_step_traces_once(model, init, batch):
 def test_fit_carries_state_checkpoint_round_trip_and_exact_resume(tmp_path):
     from pcgraph import data as D
     from pcgraph._checkpoint import load, save
-    from pcgraph._train import fit, fresh_carry
+    from pcgraph import fit, fresh_carry
 
     ds = D.load("digits")
     model = b.model(
@@ -342,11 +340,11 @@ def test_fit_carries_state_checkpoint_round_trip_and_exact_resume(tmp_path):
     path = save(tmp_path / "ck.eqx", half.net, half.state.opt_state, half.state.carry,
                 half.state.meta())
     like = fresh_carry(build(model, seed=1), batch_size=128, seed=1,
-                       init_options={"mem_patterns": 8})
+                       init=Initialisation(options={"mem_patterns": 8}))
     net, opt_state, carry, meta = load(path, build(model, seed=1), half.state.opt_state, like)
     for x, y in zip(jax.tree_util.tree_leaves(carry), jax.tree_util.tree_leaves(half.state.carry)):
         assert np.array_equal(np.asarray(x), np.asarray(y))
-    from pcgraph._train import TrainState
+    from pcgraph import TrainState
 
     resumed = fit(net, ds, epochs=2, state=TrainState.from_meta(opt_state, carry, meta), **kw)
     for x, y in zip(jax.tree_util.tree_leaves((resumed.net, resumed.state.carry)),

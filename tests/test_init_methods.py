@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import pytest
 
+from pcgraph import _cost
 from pcgraph import _initializers as I
 from pcgraph import _memory as M
 
@@ -364,11 +365,11 @@ def test_observations_concatenate_clamped_in_natural_order():
 def test_smm_accounting():
     G = _mlp_graph(5)
     fw = {"x": "clamped", "y": "clamped", **{f"h{i}": "forward" for i in range(1, 5)}}
-    assert I.init_smm(fw, G) == 5  # + L for a forward pass (eq. 6)
-    assert I.smm_pc(5, I.init_smm(fw, G)) == 15 and I.smm_bp(5) == 9
+    assert _cost.init_smm(fw, G) == 5  # + L for a forward pass (eq. 6)
+    assert _cost.smm_pc(5, _cost.init_smm(fw, G)) == 15 and _cost.smm_bp(5) == 9
     avg = {**fw, **{f"h{i}": "avg" for i in range(1, 5)}}
-    assert I.init_smm(avg, G) == 0  # eq. 7 adds no matmul
+    assert _cost.init_smm(avg, G) == 0  # eq. 7 adds no matmul
     hyb = {**avg, "h1": "forward", "h2": "forward", "h3": "forward"}
-    assert I.init_smm(hyb, G) == 4
+    assert _cost.init_smm(hyb, G) == 4
     mem = {**avg, **{f"h{i}": "mem" for i in range(1, 5)}}
-    assert I.init_smm(mem, G) == M.memory_smm() == 2
+    assert _cost.init_smm(mem, G) == M.memory_smm() == 2

@@ -27,9 +27,7 @@ def _step(method):
     if method not in _STEPS:
         m = b.mlp([8, 16, 16, 4], act="tanh", out_energy="categorical")
         net = build(m, seed=1)
-        _STEPS[method] = make_train_step(net, "train", method=method,
-                                         weight_optimizer=optax.adam(1e-2), steps=8,
-                                         activity_lr=0.1)
+        _STEPS[method] = make_train_step(net, "train", method=method, weight_optimizer=optax.adam(1e-2), **b.opts(net, steps=8, activity_lr=0.1))
         _STEPS[method].net0 = net
         if "eval" not in _STEPS:
             _STEPS["eval"] = make_eval_step(net, "test")
@@ -98,8 +96,7 @@ def test_generative_trains():
     net = build(m, seed=3)
     rng = np.random.default_rng(1)
     img = (rng.standard_normal((32, 3)) @ rng.standard_normal((3, 12))).astype(np.float32)
-    step = make_train_step(net, "train", weight_optimizer=optax.adam(1e-2), steps=20,
-                           activity_lr=0.1)
+    step = make_train_step(net, "train", weight_optimizer=optax.adam(1e-2), **b.opts(net, steps=20, activity_lr=0.1))
     state = step.init(net)
     ends = []
     for _ in range(40):
@@ -136,8 +133,7 @@ def test_ode_solver_in_train_step_and_eval_no_retrace():
     m = b.mlp([8, 16, 4], act="tanh", out_energy="categorical")
     net = build(m, seed=6)
     X, y = _data(32)
-    step = make_train_step(net, "train", solver="heun", steps=5, activity_lr=0.1,
-                           record_node_energies=True)
+    step = make_train_step(net, "train", record_node_energies=True, **b.opts(net, solver="heun", steps=5, activity_lr=0.1))
     state = step.init(net)
     net, state, met = step(net, state, {"x": X, "y": y})
     assert set(met["node_energies"]) == {"h1", "y"}

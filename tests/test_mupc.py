@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+import _build as b
 import pcgraph
 from pcgraph._energy import forward
 from pcgraph._learn import make_train_step
@@ -90,8 +91,7 @@ def test_mupc_scalings_without_skips():
 def _train_losses(net, ds, *, depth, batch, n_steps, seed=0):
     import optax
 
-    step = make_train_step(net, "train", weight_optimizer=optax.adam(0.05), steps=depth,
-                           activity_lr=0.5, activity_scale="batch", init="forward")
+    step = make_train_step(net, "train", weight_optimizer=optax.adam(0.05), **b.opts(net, steps=depth, activity_lr=0.5, activity_scale="batch", init="forward"))
     state = step.init(net)
     rng = np.random.default_rng(seed)
     losses = []

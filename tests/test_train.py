@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcgraph import data
-from pcgraph._load import load
-from pcgraph._network import build
-from pcgraph._train import TrainingDiverged, bind, evaluate, fit, smm_counts
+import pcgraph
+from pcgraph import GradientDescent, Initialisation, TrainingDiverged, build, data, evaluate, fit
+from pcgraph import load
+from pcgraph._binding import bind
 
 GENERATIVE = """
 model gen {
@@ -89,10 +89,16 @@ def test_callback_events(trained):
 
 def test_smm_counts(mlp):
     net = build(mlp, seed=0)
+    gd = GradientDescent(10)
+
+    def smm(method):
+        s = pcgraph.make_train_step(net, "train", method=method, inference=gd).smm
+        return s["smm_bp" if method == "bp" else "smm_pc"], s["smm_per_update"]
+
     # digits_mlp: L = 3 edges on the longest path, forward init costs L
-    assert smm_counts(net, "train", "pc", 10, None) == (2 * 10 + 3, 23.0)
-    assert smm_counts(net, "train", "bp", 10, None) == (2 * 3 - 1, 5.0)
-    assert smm_counts(net, "train", "ipc", 10, None) == (23, 2.3)
+    assert smm("pc") == (2 * 10 + 3, 23.0)
+    assert smm("bp") == (2 * 3 - 1, 5.0)
+    assert smm("ipc") == (23, 2.3)
 
 
 def test_evaluation_never_uses_the_labels(trained, digits):
@@ -119,7 +125,7 @@ def test_dict_data(trained, digits, mlp):
 
 
 def test_shape_mismatch_names_node_before_compiling(digits):
-    from pcgraph._load import parse_model
+    from pcgraph import parse_model
 
     net = build(parse_model(WRONG_SHAPE), seed=0)
     with pytest.raises(data.DataShapeError, match=r"node 'x' has shape \(32,\).*\(64,\)"):
@@ -140,13 +146,13 @@ def test_divergence_names_step_and_node(mlp, digits):
 
 
 def test_generative_model_reports_reconstruction(digits):
-    from pcgraph._load import parse_model
+    from pcgraph import parse_model
 
     net = build(parse_model(GENERATIVE), seed=0)
     b = bind(net)
     assert b.input == "img" and b.generative
     # auto gives z and h a memory; an untrained memory retrieves 0, so "before" is zero init
-    before = evaluate(net, digits, init="zero")["mse"]
+    before = evaluate(net, digits, init=Initialisation("zero"))["mse"]
     res = fit(net, digits, epochs=2, batch_size=64, trace_inference=False)
     m = res.final
     assert m["test_accuracy"] is None and math.isfinite(m["test_mse"])
