@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pcgraph import data as D  # noqa: E402
-from pcgraph._learn import make_eval_step, make_train_step  # noqa: E402
-from pcgraph._network import build  # noqa: E402
+from pcgraph import build, make_eval_step, make_train_step  # noqa: E402
 
 
 def machine() -> str:

@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
 from _common import (D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
                      load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
                      print_table_only, read_jsonl, str_list)
@@ -73,8 +74,10 @@ def run_one(args, ds, method: str, T: int | None, fraction: float, seed: int) ->
         opts = {"avg_hybrid": True, "avg_m": args.avg_m} if method == "avg" else {}
         if method == "random":
             opts = {"random_mean": 0.0, "random_std": args.random_std}
-        step = make_train_step(net, "train", method="pc", weight_optimizer=wopt, steps=T,
-                               activity_lr=args.activity_lr, init=method, init_options=opts)
+        cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=args.activity_lr,
+                                     init=method, init_options=opts)
+        step = make_train_step(net, "train", method="pc", weight_optimizer=wopt,
+                               inference=cfg.inference, init=cfg.init)
     evaluate = make_eval_step(net, "test")  # forward (the equilibrium of the test query)
     opt_state = step.init(net, batch_size=args.batch)
     balanced = method == "avg" or args.balanced_all

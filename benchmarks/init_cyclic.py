@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 
+import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
 from _common import (D, ROOT, Timer, accuracy, append_jsonl, build, carry_of, int_list, load_model,
                      machine, make_eval_step, make_train_step, mean_sd, optax, print_table_only,
                      read_jsonl, str_list)
@@ -33,10 +34,11 @@ def run_one(args, ds, method: str, T: int, seed: int) -> dict:
     opts = ({"mem_patterns": args.patterns, "mem_delta": args.delta,
              "learned_lr": args.learned_lr} if method == "mem" else {})
     wopt = optax.adam(args.weight_lr)
-    step = make_train_step(net, "train", weight_optimizer=wopt, steps=T,
-                           activity_lr=args.activity_lr, init=method, init_options=opts)
-    ev = make_eval_step(net, "test", steps=T, activity_lr=args.activity_lr, init=method,
-                        init_options=opts)
+    cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=args.activity_lr,
+                                 init=method, init_options=opts)
+    step = make_train_step(net, "train", weight_optimizer=wopt, inference=cfg.inference,
+                           init=cfg.init)
+    ev = make_eval_step(net, "test", inference=cfg.inference, init=cfg.init)
     opt_state = step.init(net, batch_size=args.batch)
     key = jax.random.PRNGKey(seed)
     accs, times, n = [], [], 0

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
 from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, float_list, int_list,
                      load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
                      print_table_only, read_jsonl, save_figure, str_list)
@@ -64,11 +65,17 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
     net = build(model, seed=seed)
     method, opts = _method(name, args)
     wopt = optax.adamw(args.weight_lr, weight_decay=args.weight_decay)
-    step = make_train_step(net, "train", weight_optimizer=wopt, steps=T,
-                           activity_lr=args.activity_lr, init=method, init_options=opts)
-    infer_fns = {str(a): make_eval_step(net, "infer", steps=T, activity_lr=a, init=method,
-                                        init_options=opts) for a in args.eval_activity_lr}
-    gen_fn = make_eval_step(net, "generate", init="forward")  # z clamped: the forward pass
+    def config(activity_lr):
+        return pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=activity_lr,
+                                      init=method, init_options=opts)
+
+    cfg = config(args.activity_lr)
+    step = make_train_step(net, "train", weight_optimizer=wopt, inference=cfg.inference,
+                           init=cfg.init)
+    infer_fns = {str(a): make_eval_step(net, "infer", inference=config(a).inference,
+                                        init=cfg.init) for a in args.eval_activity_lr}
+    # z clamped: the forward pass
+    gen_fn = make_eval_step(net, "generate", init=pcgraph.Initialisation("forward"))
     opt_state = step.init(net, batch_size=args.batch)
     key = jax.random.PRNGKey(seed)
     n, times, curves, recs = 0, [], {a: [] for a in infer_fns}, {}

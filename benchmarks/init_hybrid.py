@@ -26,7 +26,7 @@ import numpy as np
 from _common import (D, ROOT, Timer, append_jsonl, build, int_list, load_model, machine,
                      mean_sd, print_table_only, read_jsonl, str_list)
 
-from pcgraph._train import evaluate, fit
+from pcgraph import evaluate, fit, resolve_config
 
 VARIANTS = {
     "amortised": (None, {}),
@@ -42,14 +42,16 @@ def run_one(args, ds, name: str, seed: int) -> dict:
     with Timer() as t:
         res = fit(net, ds, epochs=args.epochs, batch_size=args.batch, steps=args.steps,
                   activity_lr=args.activity_lr, weight_lr=args.weight_lr, init=init,
-                  init_overrides=over, init_options=opts, seed=seed, eval_data=False,
+                  init_nodes=over, init_options=opts, seed=seed, eval_data=False,
                   test_query="infer", trace_inference=False, train_eval_max=256)
     carry = res.state.carry
     sub = dataclasses.replace(ds, x_test=ds.x_test[: args.test_n], y_test=ds.y_test[: args.test_n])
     curve = {}
     for T in args.eval_steps:
-        ev = evaluate(res.net, sub, query="infer", steps=T, activity_lr=args.activity_lr,
-                      init=init, init_overrides=over, init_options=opts, carry=carry)
+        cfg = resolve_config(res.net.plan.settings, steps=T, activity_lr=args.activity_lr,
+                             init=init, init_nodes=over, init_options=opts)
+        ev = evaluate(res.net, sub, query="infer", inference=cfg.inference, init=cfg.init,
+                      carry=carry)
         curve[T] = ev["mse"]
         print(f"  {name:15s} seed={seed} T_eval={T:3d}: test recon MSE {ev['mse']:.5f}", flush=True)
     return {"method": name, "seed": seed, "epochs": args.epochs, "T_train": args.steps,

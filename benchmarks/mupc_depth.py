@@ -50,7 +50,7 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from _common import save_figure  # noqa: E402
-from pcgraph._learn import make_eval_step, make_train_step  # noqa: E402
+from pcgraph import make_eval_step, make_train_step  # noqa: E402
 
 MODEL = ROOT / "models" / "resnet_mupc.pcg"
 METHODS = ("mupc", "standard", "bp")
@@ -84,9 +84,10 @@ def make_step(net, method: str, depth: int, *, weight_lr: float, activity_lr: fl
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=weight_lr)
     if method == "bp":
         return make_train_step(net, "train", method="bp", weight_optimizer=opt)
-    return make_train_step(net, "train", method="pc", weight_optimizer=opt,
-                           steps=depth if steps is None else steps, activity_lr=activity_lr,
-                           activity_scale="batch", init="forward")
+    inference = pcgraph.GradientDescent(depth if steps is None else steps,
+                                        optax.sgd(activity_lr), activity_scale="batch")
+    return make_train_step(net, "train", method="pc", weight_optimizer=opt, inference=inference,
+                           init=pcgraph.Initialisation("forward"))
 
 
 def set_weight_lr(state, lr: float):
@@ -104,7 +105,7 @@ def cached_steps(net, method: str, depth: int, width: int, activity_lr: float, s
     if key not in _STEPS:
         _STEPS[key] = (make_step(net, method, depth, weight_lr=0.0, activity_lr=activity_lr,
                                  steps=steps),
-                       make_eval_step(net, "test", init="forward"))
+                       make_eval_step(net, "test", init=pcgraph.Initialisation("forward")))
     return _STEPS[key]
 
 

@@ -23,7 +23,6 @@ Reduced CPU run (docs/results.md)::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -37,10 +36,10 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from pcgraph._energy import forward, node_energies  # noqa: E402
-from pcgraph._infer import infer  # noqa: E402
 from pcgraph._network import compile_query  # noqa: E402
 from _common import save_figure  # noqa: E402
 from mupc_depth import load_data, machine, resnet_mupc  # noqa: E402
@@ -76,7 +75,8 @@ def energy_profile(depth: int, width: int, param: str, x, y, activity_lr: float)
     q = compile_query(net, "train")
     h0 = forward_init(net, x, y)
     E0 = node_energies(net, h0, q)
-    res = infer(net, q, h0, steps=depth, lr=activity_lr, activity_scale="batch")
+    res = pcgraph.infer(net, q, h0, pcgraph.GradientDescent(depth, optax.sgd(activity_lr),
+                                                          activity_scale="batch"))
     E = node_energies(net, res.h, q)
     names = [f"h{i}" for i in range(1, depth)] + ["y"]
     e = np.array([float(E[n]) for n in names])

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
-from pcgraph._learn import make_train_step  # noqa: E402
+from pcgraph import make_train_step  # noqa: E402
 from mupc_depth import machine, resnet_mupc  # noqa: E402
 
 D, C = 784, 10
@@ -131,8 +131,10 @@ def main(argv=None) -> None:
     ref = None
     for s in args.stack:
         net = pcgraph.build(model, seed=0, stack=stacks[s])
-        step = make_train_step(net, "train", weight_optimizer=optax.adam(W_LR), steps=T,
-                               activity_lr=ACT_LR, activity_scale="batch", init="forward")
+        step = make_train_step(
+            net, "train", weight_optimizer=optax.adam(W_LR),
+            inference=pcgraph.GradientDescent(T, optax.sgd(ACT_LR), activity_scale="batch"),
+            init=pcgraph.Initialisation("forward"))
         st = step.init(net)
         batch = {"x": x, "y": y}
         t = time.perf_counter()

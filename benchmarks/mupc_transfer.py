@@ -137,7 +137,7 @@ def report(results: dict, wl, al, args) -> None:
     dist = max(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a in pts for b in pts)
     verdict = "same grid point" if dist == 0 else ("adjacent grid points" if dist == 1 else
                                                      f"{dist} grid steps apart")
-    print(f"best (weight lr, activity lr) per config: "
+    print("best (weight lr, activity lr) per config: "
           + ", ".join(f"H={H},N={N}: ({wl[i]:g}, {al[j]:g})" for (H, N), (i, j) in best.items())
           + f" -> {verdict}")
     for (H, N), (i, j) in best.items():  # pairwise, to tell width from depth transfer

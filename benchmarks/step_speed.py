@@ -36,8 +36,7 @@ from pcgraph._ir import (  # noqa: E402
     TermIR,
     TransformIR,
 )
-from pcgraph._learn import make_train_step  # noqa: E402
-from pcgraph._network import build  # noqa: E402
+from pcgraph import GradientDescent, Initialisation, build, make_train_step  # noqa: E402
 
 SIZES = [784, 512, 512, 512, 512, 10]
 ACT_LR = 0.1
@@ -124,7 +123,8 @@ def main(argv=None):
         runners = {}
         for label, stack in (("pcgraph", "auto"), ("pcgraph_stacked", True)):
             net = build(model, seed=0, stack=stack)
-            st = make_train_step(net, "train", steps=T, activity_lr=ACT_LR, init="forward",
+            st = make_train_step(net, "train", inference=GradientDescent(T, optax.sgd(ACT_LR)),
+                                 init=Initialisation("forward"),
                                  weight_optimizer=optax.adamw(W_LR))
             state = [net, st.init(net)]
 

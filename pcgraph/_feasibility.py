@@ -27,7 +27,6 @@ import networkx as nx
 from ._diagnostics import Diagnostic, PcgError
 from ._graph import natural_key
 from ._ir import NO_SPAN, ModelIR, QueryIR, Span
-from ._registry import INIT_METHODS
 
 MEM_HINT = (
     "forward initialisation needs a DAG with every root clamped (Prop. 3.2); "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -34,7 +33,7 @@ import jax
 from . import data as _data
 from ._binding import TrainData
 from ._config import Config, GradientDescent, Initialisation, resolve_config
-from ._divergence import EpochSteps, TrainingDiverged, check_params
+from ._divergence import EpochSteps, check_params
 from ._evaluate import Evaluator, eval_init, make_tracer
 from ._init import make_initialiser
 from ._ir import ModelIR

@@ -18,7 +18,6 @@ import networkx as nx
 
 from ._diagnostics import Diagnostic, did_you_mean
 from ._feasibility import (
-    MEM_HINT,
     energy_graph,
     name_list,
     plan_diagnostics,

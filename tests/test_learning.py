@@ -1,8 +1,6 @@
 """Training steps: PC, iPC and BP each train a small model; no retracing; deep residual nets;
 generative and cyclic models train end to end; the evaluation step."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

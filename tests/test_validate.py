@@ -5,7 +5,6 @@ these tests need no parser. Text-based golden tests through ``pcgraph._load`` ar
 
 from dataclasses import replace
 
-import pytest
 
 from pcgraph._ir import (
     EdgeIR,
