@@ -40,7 +40,6 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from pcgraph._energy import forward, node_energies  # noqa: E402
-from pcgraph._network import compile_query  # noqa: E402
 from _common import save_figure  # noqa: E402
 from mupc_depth import load_data, machine, resnet_mupc  # noqa: E402
 
@@ -58,7 +57,7 @@ def forward_init(net, x, y):
 def hessian_stats(depth: int, width: int, param: str, x, y) -> dict:
     net = pcgraph.build(resnet_mupc(depth, width, inputs=x.shape[1]), seed=0,
                         parameterisation=param, dtype=jnp.float64)
-    q = compile_query(net, "train")
+    q = pcgraph.compile_query(net, "train")
     h0 = forward_init(net, x, y)
     A = np.asarray(pcgraph.activity_hessian(net, q, h0))
     lam = np.abs(np.linalg.eigvalsh(A))
@@ -72,7 +71,7 @@ def hessian_stats(depth: int, width: int, param: str, x, y) -> dict:
 def energy_profile(depth: int, width: int, param: str, x, y, activity_lr: float) -> dict:
     net = pcgraph.build(resnet_mupc(depth, width, inputs=x.shape[1]), seed=0,
                         parameterisation=param, dtype=jnp.float64)
-    q = compile_query(net, "train")
+    q = pcgraph.compile_query(net, "train")
     h0 = forward_init(net, x, y)
     E0 = node_energies(net, h0, q)
     res = pcgraph.infer(net, q, h0, pcgraph.GradientDescent(depth, optax.sgd(activity_lr),

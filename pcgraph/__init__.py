@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from ._diagnostics import Diagnostic as Diagnostic
 from ._diagnostics import PcgError as PcgError
 from ._errors import Error as Error
-from ._feasibility import analyse as analyse
 from ._feasibility import init_plan as init_plan
 from ._feasibility import query_feasibility as query_feasibility
 from ._format import format_model as format_model
+from ._graph import analyse as analyse
 from ._graph import to_graph as to_graph
 from ._ir import EdgeIR as EdgeIR
 from ._ir import EnergyIR as EnergyIR
@@ -78,9 +78,9 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._learn import make_eval_step as make_eval_step
     from ._learn import make_train_step as make_train_step
     from ._network import Network as Network
-    from ._network import QueryPlan as QueryPlan
     from ._network import build as build
-    from ._network import compile_query as compile_query
+    from ._query import QueryPlan as QueryPlan
+    from ._query import compile_query as compile_query
     from ._theory import activity_hessian as activity_hessian
     from ._theory import condition_number as condition_number
     from ._theory import linear_equilibrium as linear_equilibrium
@@ -118,9 +118,9 @@ _LAZY = {
     "make_eval_step": "._learn",
     "make_train_step": "._learn",
     "Network": "._network",
-    "QueryPlan": "._network",
     "build": "._network",
-    "compile_query": "._network",
+    "QueryPlan": "._query",
+    "compile_query": "._query",
     "activity_hessian": "._theory",
     "condition_number": "._theory",
     "linear_equilibrium": "._theory",

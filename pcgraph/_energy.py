@@ -19,21 +19,14 @@ from typing import Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import networkx as nx
 import numpy as np
 
 from ._errors import Error
-from ._graph import natural_key
-from ._network import (
-    Acts,
-    Network,
-    NodeGroup,
-    QueryPlan,
-    activation,
-    apply_member,
-    preactivations,
-    split_members,
-)
+from ._graph import forward_order, parent_graph
+from ._kernels import activation, apply_member, preactivations, split_members
+from ._network import Network
+from ._plan import Acts, NodeGroup
+from ._query import QueryPlan
 
 
 def _all_need(net: Network) -> tuple[bool, ...]:
@@ -215,27 +208,15 @@ def topological_order(net: Network, clamped: Sequence[str]) -> tuple[str, ...]:
 
     Raises ``ForwardError`` naming a cycle or the unclamped roots (Prop. 3.2 of seed 004)."""
     plan = net.plan
-    clamped = set(clamped)
-    G = nx.DiGraph()
-    G.add_nodes_from(plan.node_names)
-    for v, ps in plan.parents:
-        if v not in clamped:  # a clamped value does not depend on its parents
-            G.add_edges_from((u, v) for u in ps)
-    roots = [v for v in sorted(G, key=natural_key) if not plan.parents_of[v] and v not in clamped]
-    problems = []
-    if not nx.is_directed_acyclic_graph(G):
-        cyc = nx.find_cycle(G)
-        problems.append("graph has a cycle " + " -> ".join([u for u, *_ in cyc] + [cyc[-1][1]]))
-    if roots:
-        problems.append("roots not clamped: " + ", ".join(roots))
+    G = parent_graph({v: plan.parents_of[v] for v in plan.node_names})
+    order, problems = forward_order(G, clamped)
     if problems:
         raise ForwardError(
             "no forward pass exists (it needs a DAG with every root clamped, Prop. 3.2): "
             + "; ".join(problems)
             + ". Use inference, or init = mem / auto for initialisation."
         )
-    order = nx.lexicographical_topological_sort(G, key=natural_key)
-    return tuple(v for v in order if v not in clamped)
+    return order
 
 
 def forward(net: Network, clamped: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

@@ -28,7 +28,8 @@ from ._feasibility import query_feasibility
 from ._infer import clamp_data, infer, merge_free
 from ._init import make_initialiser
 from ._learn import EvalStep, make_eval_step
-from ._network import Network, compile_query
+from ._network import Network
+from ._query import compile_query
 from ._registry import EVAL_BATCH_SIZE
 
 

@@ -20,112 +20,21 @@ undeclared nodes are ignored, so the validator can call it before reporting them
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import networkx as nx
 
 from ._diagnostics import Diagnostic, PcgError
-from ._graph import natural_key
+from ._graph import Edge, QueryGraph, cycle_text, natural_key
+from ._graph import analyse as analyse  # re-exported: the front end asks this module
+from ._graph import energy_graph as energy_graph
+from ._graph import name_list as name_list
 from ._ir import NO_SPAN, ModelIR, QueryIR, Span
 
 MEM_HINT = (
     "forward initialisation needs a DAG with every root clamped (Prop. 3.2); "
     "use init = mem (a learned memory, works for any graph) or init = auto (forward where possible)"
 )
-
-Edge = tuple[str, str]
-
-
-# --------------------------------------------------------------------------------------- graphs
-def energy_graph(model: ModelIR) -> nx.DiGraph:
-    """The energy graph (``->`` edges) with nodes and edges in natural-sort order.
-
-    Unlike ``_graph.to_graph`` it never raises: duplicates collapse and edges that name undeclared
-    nodes are dropped. Sorting makes every result independent of declaration order."""
-    G = nx.DiGraph()
-    names = {n.name for n in model.nodes}
-    G.add_nodes_from(sorted(names, key=natural_key))
-    edges = {(e.src, e.dst) for e in model.edges if e.src in names and e.dst in names}
-    G.add_edges_from(sorted(edges, key=lambda uv: (natural_key(uv[0]), natural_key(uv[1]))))
-    return G
-
-
-def query_graph(G: nx.DiGraph, clamped: Iterable[str]) -> nx.DiGraph:
-    """``G`` without the edges into clamped nodes (a clamped value does not depend on its parents)."""
-    clamped = set(clamped)
-    R = G.copy()
-    R.remove_edges_from([(u, v) for u, v in G.edges if v in clamped])
-    return R
-
-
-def _sorted(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=natural_key)
-
-
-def find_cycles(G: nx.DiGraph) -> list[tuple[Edge, ...]]:
-    """One cycle (as its edges) per strongly connected component that has one, deterministic."""
-    cycles = []
-    for comp in nx.strongly_connected_components(G):
-        start = _sorted(comp)[0]
-        if len(comp) == 1 and not G.has_edge(start, start):
-            continue
-        sub = G.subgraph(comp)
-        cyc = nx.find_cycle(sub, source=start)
-        cycles.append(tuple((u, v) for u, v, *_ in cyc))
-    cycles.sort(key=lambda c: natural_key(c[0][0]))
-    return cycles
-
-
-def name_list(names: list[str], limit: int = 10) -> str:
-    """``a, b, c`` (at most ``limit`` names, then ``and N more``)."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
-
-
-def cycle_text(cycle: Iterable[Edge]) -> str:
-    """``a -> b -> a``."""
-    cycle = list(cycle)
-    if not cycle:
-        return ""
-    return " -> ".join([u for u, _ in cycle] + [cycle[-1][1]])
-
-
-# ------------------------------------------------------------------------------ graph report
-@dataclass(frozen=True)
-class GraphReport:
-    """Topology facts of the energy graph (no query involved)."""
-
-    is_dag: bool
-    cycles: tuple[tuple[Edge, ...], ...]  # one per strongly connected component with a cycle
-    roots: tuple[str, ...]  # nodes without parents
-    leaves: tuple[str, ...]  # nodes without children
-    isolated: tuple[str, ...]  # nodes without any energy edge
-    longest_path: int | None  # L, in edges, for a DAG (SMM_BP = 2L − 1); None for cyclic graphs
-
-    def as_dict(self) -> dict:
-        return {
-            "is_dag": self.is_dag,
-            "cycles": [[list(e) for e in c] for c in self.cycles],
-            "roots": list(self.roots),
-            "leaves": list(self.leaves),
-            "isolated": list(self.isolated),
-            "longest_path": self.longest_path,
-        }
-
-
-def analyse(model: ModelIR) -> GraphReport:
-    G = energy_graph(model)
-    is_dag = nx.is_directed_acyclic_graph(G)
-    return GraphReport(
-        is_dag=is_dag,
-        cycles=tuple(find_cycles(G)),
-        roots=tuple(v for v in G if G.in_degree(v) == 0),
-        leaves=tuple(v for v in G if G.out_degree(v) == 0),
-        isolated=tuple(v for v in G if G.degree(v) == 0),
-        longest_path=nx.dag_longest_path_length(G) if is_dag else None,
-    )
-
 
 # ---------------------------------------------------------------------------- per query
 @dataclass(frozen=True)
@@ -151,66 +60,9 @@ def _query(model: ModelIR, query: QueryIR | str) -> QueryIR:
     return model.query(query) if isinstance(query, str) else query
 
 
-class _Analysis:
-    """The query graph of one query and which free nodes are forward-initialisable."""
-
-    def __init__(self, model: ModelIR, query: QueryIR):
-        self.G = energy_graph(model)
-        self.clamped = {c for c in query.clamp if c in self.G}
-        self.R = query_graph(self.G, self.clamped)
-        self.cycles = find_cycles(self.R)
-        self.on_cycle = {u for c in self.cycles for e in c for u in e}
-        for comp in nx.strongly_connected_components(self.R):  # every node of a cyclic SCC
-            if len(comp) > 1 or any(self.R.has_edge(v, v) for v in comp):
-                self.on_cycle |= comp
-        self.free_roots = [v for v in self.R if self.R.in_degree(v) == 0 and v not in self.clamped]
-        self.free = [v for v in self.G if v not in self.clamped]
-        # nodes downstream of (or on) a cycle or an unclamped root: one pass, linear time
-        self.blocked: set[str] = set()
-        stack = [*self.on_cycle, *self.free_roots]
-        while stack:
-            v = stack.pop()
-            if v not in self.blocked:
-                self.blocked.add(v)
-                stack.extend(self.R.successors(v))
-
-    def blockers(self, v: str) -> tuple[set[str], set[str]]:
-        """(nodes on cycles, unclamped roots) among ``v`` and its ancestors in the query graph."""
-        up = nx.ancestors(self.R, v) | {v}
-        return up & self.on_cycle, {r for r in self.free_roots if r in up}
-
-    def forward_ok(self, v: str) -> bool:
-        return v not in self.blocked
-
-    def cycle_through(self, nodes: set[str]) -> tuple[Edge, ...]:
-        for c in self.cycles:
-            if any(u in nodes for u, _ in c):
-                return c
-        # a node in a cyclic SCC but not on the one cycle found for it
-        v = _sorted(nodes)[0]
-        comp = next(c for c in nx.strongly_connected_components(self.R) if v in c)
-        return tuple((a, b) for a, b, *_ in nx.find_cycle(self.R.subgraph(comp), source=v))
-
-    def node_reason(self, v: str) -> str:
-        """Why ``v`` cannot be forward-initialised (empty when it can)."""
-        if v not in self.G or self.forward_ok(v):
-            return ""
-        cyc, roots = self.blockers(v)
-        parts = []
-        if v in self.free_roots:
-            parts.append(f"{v} has no parents and is not clamped")
-        elif roots:
-            parts.append(f"{v} depends on unclamped root(s) {', '.join(_sorted(roots))}")
-        if cyc:
-            where = "is on" if v in self.on_cycle else "is downstream of"
-            c = self.cycle_through({v} if v in self.on_cycle else cyc)
-            parts.append(f"{v} {where} the cycle {cycle_text(c)}")
-        return "; ".join(parts)
-
-
 def query_feasibility(model: ModelIR, query: QueryIR | str) -> Feasibility:
     """Prop. 3.2 for one query: can every free node be forward-initialised?"""
-    a = _Analysis(model, _query(model, query))
+    a = QueryGraph(model, _query(model, query))
     roots = tuple(a.free_roots)
     parts = []
     if a.cycles:
@@ -267,7 +119,7 @@ def plan_with_problems(
 ) -> tuple[dict[str, str], list[PlanProblem]]:
     """The init plan and the requests it could not honour (never raises)."""
     query = _query(model, query)
-    a = _Analysis(model, query)
+    a = QueryGraph(model, query)
     req, glob = _requests(model, query, overrides, default)
     plan: dict[str, str] = {}
     problems: list[PlanProblem] = []
@@ -345,7 +197,7 @@ def plan_diagnostics(model: ModelIR, query: QueryIR, problems: list[PlanProblem]
 
 def forward_order(model: ModelIR, query: QueryIR | str, plan: Mapping[str, str]) -> list[str]:
     """The forward-planned nodes of ``plan`` in an order where each comes after its parents."""
-    a = _Analysis(model, _query(model, query))
+    a = QueryGraph(model, _query(model, query))
     keep = [v for v in a.R if plan.get(v) in ("clamped", "forward")]
     order = list(nx.lexicographical_topological_sort(a.R.subgraph(keep), key=natural_key))
     return [v for v in order if plan.get(v) == "forward"]

@@ -38,7 +38,8 @@ from ._evaluate import Evaluator, eval_init, make_tracer
 from ._init import make_initialiser
 from ._ir import ModelIR
 from ._learn import TrainStep, make_train_step
-from ._network import Network, compile_query
+from ._network import Network
+from ._query import compile_query
 from ._registry import EVAL_BATCH_SIZE
 
 

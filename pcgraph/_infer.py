@@ -35,7 +35,9 @@ import optax
 
 from ._config import GradientDescent, GradientFlow, Inference, resolve_config
 from ._energy import energy, set_leaves
-from ._network import Acts, Network, QueryPlan
+from ._network import Network
+from ._plan import Acts
+from ._query import QueryPlan, compile_query
 
 
 class InferResult(NamedTuple):
@@ -283,7 +285,6 @@ def relax(
     """Convenience (not jitted): clamp ``data``, initialise (``init``: an ``Initialisation``;
     default the model's policy), infer (``inference``: default the model's settings)."""
     from ._init import initialise
-    from ._network import compile_query
 
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     if inference is None:

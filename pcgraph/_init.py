@@ -62,12 +62,15 @@ import optax
 from . import _initializers as I
 from . import _memory as M
 from ._energy import node_prediction
-from ._feasibility import _Analysis, energy_graph, forward_order, init_plan
+from ._feasibility import forward_order, init_plan
+from ._graph import QueryGraph, depths, energy_graph
 from ._graph import natural_key
 from ._config import Initialisation
 from ._cost import init_smm
 from ._errors import Error
-from ._network import Acts, Network, QueryPlan
+from ._network import Network
+from ._plan import Acts
+from ._query import QueryPlan
 from ._registry import INIT_OPTIONS, STATEFUL_INITS as STATEFUL
 
 Initialiser_fn = Callable[..., dict]
@@ -240,7 +243,7 @@ class Initialiser:
         opts = self.options
         qir = query.query
         methods = dict(resolve(netplan, query, default, tuple(overrides)))
-        a = _Analysis(model, qir)
+        a = QueryGraph(model, qir)
         G = energy_graph(model)
         self.G = G
         leaves = set(query.leaf_names)
@@ -352,12 +355,7 @@ class Initialiser:
         plan = {v: ("clamped" if m == "leaf" else m) for v, m in self.methods.items()}
         depth = None
         if self.uses("amortised"):
-            A = nx.DiGraph([(e.src, e.dst) for e in self.amortised_edges])
-            depth = {}
-            for v in nx.topological_sort(A):
-                ps = list(A.predecessors(v))
-                if ps:
-                    depth[v] = 1 + max(depth.get(u, 0) for u in ps)
+            depth = depths((e.src, e.dst) for e in self.amortised_edges)
         return init_smm(plan, self.G, amortised_depth=depth, sweep=self.sweep_plan)
 
     # ---- state

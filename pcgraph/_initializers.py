@@ -41,7 +41,7 @@ import networkx as nx
 
 from ._graph import natural_key
 from ._memory import HopfieldMemory, memory_loss, retrieve
-from ._network import activation
+from ._kernels import activation
 
 Array = jax.Array
 Acts = Mapping[str, Array]

@@ -31,10 +31,12 @@ import optax
 
 from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
 from ._cost import step_cost
+from ._graph import analyse
 from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
 from ._infer import clamp_data, condition_grads, energy_grad_fn, infer, merge_free, reimpose
 from ._init import InitError, make_initialiser
-from ._network import Network, QueryPlan, compile_query
+from ._network import Network
+from ._query import QueryPlan, compile_query
 from ._registry import ALGORITHMS
 
 
@@ -125,8 +127,6 @@ def _defaults(net: Network, inference, init, weight_optimizer=None, *, need_weig
 
 
 def _longest_path(net: Network) -> int | None:
-    from ._feasibility import analyse
-
     return analyse(net.plan.model).longest_path if net.plan.model is not None else None
 
 

@@ -19,7 +19,9 @@ import numpy as np
 
 from ._energy import energy, set_leaves
 from ._infer import merge_free
-from ._network import Acts, Network, QueryPlan, compile_query
+from ._network import Network
+from ._plan import Acts
+from ._query import QueryPlan, compile_query
 
 
 def _as_query(net: Network, query) -> QueryPlan:

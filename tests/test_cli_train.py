@@ -40,7 +40,7 @@ def one_epoch(tmp_path_factory):
 def _arrays(ckpt):
     from pcgraph._checkpoint import load
     from pcgraph._load import load as load_model
-    from pcgraph._network import build
+    from pcgraph import build
     import equinox as eqx
     import optax
 

@@ -20,7 +20,7 @@ from pcgraph._energy import (
 )
 from pcgraph import GradientDescent, Initialisation, infer, initialise
 from pcgraph._infer import clamp_data
-from pcgraph._network import build, compile_query
+from pcgraph import build, compile_query
 
 TOL = 1e-10
 E = eqx.filter_jit(energy)  # jitted: eager op-by-op dispatch compiles every primitive

@@ -13,7 +13,7 @@ import _build as b
 from pcgraph._energy import energy
 from pcgraph import GradientDescent, GradientFlow, Initialisation, infer, relax
 from pcgraph._infer import clamp_data
-from pcgraph._network import build, compile_query
+from pcgraph import build, compile_query
 from pcgraph._theory import linear_equilibrium
 
 E = eqx.filter_jit(energy)

@@ -25,7 +25,7 @@ from pcgraph import GradientDescent, Initialisation, infer
 from pcgraph._infer import clamp_data
 from pcgraph._init import InitError, make_initialiser, resolve
 from pcgraph._learn import StepState, make_eval_step, make_train_step
-from pcgraph._network import build, compile_query
+from pcgraph import build, compile_query
 
 
 def _np_softmax(x):

@@ -7,7 +7,7 @@ import pytest
 
 import _build as b
 from pcgraph._learn import make_eval_step, make_train_step
-from pcgraph._network import build
+from pcgraph import build
 
 
 def _data(n=64, d=8, c=4, seed=0):

@@ -10,7 +10,9 @@ import pytest
 
 import _build as b
 from pcgraph._energy import energy
-from pcgraph._network import build, compile_query, plan_network, stable_hash
+from pcgraph import build, compile_query
+from pcgraph._network import stable_hash
+from pcgraph._plan import plan_network
 
 
 def test_mlp_groups_are_stacked():

@@ -4,11 +4,11 @@ import pytest
 
 import pcgraph
 from pcgraph import PcgError, load
-from pcgraph import _config, _init, _network, _registry
+from pcgraph import _config, _init, _kernels, _network, _registry
 
 
 def test_registries_match_the_language():
-    assert _registry.ACTIVATIONS == set(_network.ACTIVATIONS)
+    assert _registry.ACTIVATIONS == set(_kernels.ACTIVATIONS)
     assert _registry.WEIGHT_INITS == {"default", *_network.WEIGHT_INITS}
     assert set(_registry.ODE_SOLVERS) == set(_config.ODE_SOLVERS)
     assert set(_registry.SOLVERS) == {"gd", *_config.ODE_SOLVERS}

@@ -7,7 +7,7 @@ import pytest
 
 import _build as b
 from pcgraph._infer import clamp_data
-from pcgraph._network import build, compile_query
+from pcgraph import build, compile_query
 from pcgraph._theory import (
     activity_hessian,
     check_linear,

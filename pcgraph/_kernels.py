@@ -1,0 +1,190 @@
+"""The kernels: activations and the batched evaluation of term groups (one op per stacked
+transform: an ``einsum`` for dense, a grouped convolution for conv), and the assembly of the
+pre-activations of every node group."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._plan import Acts, StepSpec, TermGroup, slice_of
+
+if TYPE_CHECKING:
+    from ._network import Network
+
+
+# ------------------------------------------------------------------------------ activations
+def _identity(x):
+    return x
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "identity": _identity,
+    "linear": _identity,
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "hard_tanh": jax.nn.hard_tanh,
+    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+}
+
+
+def activation(name: str) -> Callable:
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ evaluation
+def take(arr, idx: tuple[int, ...]):
+    """``arr[idx]`` along axis 0 with a static slice when ``idx`` is contiguous."""
+    sl = slice_of(idx)
+    if sl is not None:
+        if sl == (0, arr.shape[0]):
+            return arr
+        return arr[sl[0]:sl[1]]
+    return arr[np.asarray(idx)]
+
+
+def _apply_step(st: StepSpec, p: Mapping[str, jax.Array], x):
+    """One transform on stacked inputs ``x: [E, B, *in_shape]``."""
+    E, B = x.shape[0], x.shape[1]
+    if st.kind == "identity":
+        return x
+    if st.kind == "flatten":
+        return x.reshape(E, B, -1)
+    if st.kind == "dense":
+        W = p["W"]
+        if E == 1:
+            y = (x[0] @ W[0])[None]
+        else:
+            y = jnp.einsum("ebi,eio->ebo", x, W)
+        if "b" in p:
+            y = y + p["b"][:, None, :]
+        if len(st.out_shape) != 1:
+            y = y.reshape(E, B, *st.out_shape)
+        return y
+    if st.kind == "conv":
+        W = p["W"]
+        pad = [(st.padding, st.padding)] * 2
+        dn = ("NCHW", "OIHW", "NCHW")
+        if E == 1:
+            y = jax.lax.conv_general_dilated(
+                x[0], W[0], (st.stride, st.stride), pad, dimension_numbers=dn
+            )[None]
+        else:  # one grouped convolution over the stacked axis
+            C, H, Wd = x.shape[2:]
+            xr = jnp.moveaxis(x, 0, 1).reshape(B, E * C, H, Wd)
+            Wr = W.reshape(E * W.shape[1], *W.shape[2:])
+            y = jax.lax.conv_general_dilated(
+                xr, Wr, (st.stride, st.stride), pad, dimension_numbers=dn, feature_group_count=E
+            )
+            y = jnp.moveaxis(y.reshape(B, E, W.shape[1], *y.shape[2:]), 1, 0)
+        if "b" in p:
+            y = y + p["b"][:, None, :, None, None]
+        return y
+    if st.kind in ("maxpool", "avgpool"):
+        w, s = st.kernel, st.stride
+        dims, strides = (1, 1, 1, w, w), (1, 1, 1, s, s)
+        if st.kind == "maxpool":
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, "VALID")
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "VALID") / (w * w)
+    raise ValueError(f"unknown transform {st.kind!r}")
+
+
+def _scale(x, scales: tuple[float, ...]):
+    if all(s == 1.0 for s in scales):
+        return x
+    if all(s == scales[0] for s in scales):
+        return x * scales[0]
+    s = jnp.asarray(np.asarray(scales), x.dtype).reshape((len(scales),) + (1,) * (x.ndim - 1))
+    return x * s
+
+
+def apply_terms(tg: TermGroup, params: tuple, x, scales: tuple[float, ...] | None = None):
+    """A term group's output ``s_t · chain_t(ψ_t(x))`` for stacked sources ``x: [E, B, ...]``."""
+    x = activation(tg.pre)(x)
+    for st, p in zip(tg.steps, params):
+        x = _apply_step(st, p, x)
+    return _scale(x, tg.scales if scales is None else scales)
+
+
+def split_members(params: tuple, size: int) -> tuple[tuple, ...]:
+    """A term group's stacked parameters as ``size`` per-member parameter tuples (leading axis
+    1). One ``jnp.split`` per array: its gradient is one concatenation, where slicing each member
+    out separately would differentiate into ``size`` full-size pads (O(size²) for a deep loop)."""
+    if size == 1:
+        return (params,)
+    parts = tuple({n: jnp.split(a, size, axis=0) for n, a in p.items()} for p in params)
+    return tuple(tuple({n: q[n][e] for n in q} for q in parts) for e in range(size))
+
+
+def apply_member(tg: TermGroup, member_params: tuple, e: int, x):
+    """Member ``e`` of a term group, with its own parameters (see :func:`split_members`), on
+    ``x: [B, ...]`` (used by the forward pass)."""
+    return apply_terms(tg, member_params, x[None], (tg.scales[e],))[0]
+
+
+def assemble(size: int, contribs: list[tuple[tuple[int, ...], jax.Array]]):
+    """Sum contributions ``(target indices, [E, B, ...])`` into ``[size, B, ...]``.
+
+    Disjoint contiguous contributions that tile ``[0, size)`` are concatenated (no zeros, no
+    scatter); overlapping ones are added into slices (or scattered when not contiguous)."""
+    base: list[tuple[int, int, jax.Array]] = []
+    extra = []
+    used = set()
+    for idx, c in contribs:
+        sl = slice_of(idx)
+        if sl is not None and not used.intersection(idx):
+            base.append((sl[0], sl[1], c))
+            used.update(idx)
+        else:
+            extra.append((idx, c))
+    base.sort(key=lambda t: t[0])
+    ref = contribs[0][1]
+    tail = ref.shape[1:]
+    pieces, pos = [], 0
+    for a, b, c in base:
+        if a > pos:
+            pieces.append(jnp.zeros((a - pos, *tail), ref.dtype))
+        pieces.append(c)
+        pos = b
+    if pos < size:
+        pieces.append(jnp.zeros((size - pos, *tail), ref.dtype))
+    out = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
+    for idx, c in extra:
+        sl = slice_of(idx)
+        if sl is not None:
+            out = out.at[sl[0]:sl[1]].add(c)
+        else:
+            out = out.at[np.asarray(idx)].add(c)
+    return out
+
+
+def preactivations(net: Network, h: Acts, need: Sequence[bool] | None = None) -> list:
+    """Summed input ``Σ_t s_t·chain_t(ψ_t(h_src))`` per node group (``None`` for groups without
+    parents or not in ``need``): one batched op per term group."""
+    plan = net.plan
+    contribs: list[list] = [[] for _ in plan.groups]
+    for k, tg in enumerate(plan.terms):
+        if need is not None and not need[tg.tgt]:
+            continue
+        out = apply_terms(tg, net.params[k], take(h[tg.src], tg.src_idx))
+        contribs[tg.tgt].append((tg.tgt_idx, out))
+    return [
+        assemble(g.size, contribs[gi]) if contribs[gi] else None
+        for gi, g in enumerate(plan.groups)
+    ]
