@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._custom_types import NodeValues, Scalar
 from ._errors import Error
 from ._graph import forward_order, parent_graph
 from ._kernels import activation, apply_member, preactivations, split_members
@@ -73,7 +74,7 @@ def _group_parts(net: Network, h: Acts, query: QueryPlan | None):
         yield gi, dens, _mask(query.counts[gi] if query is not None else None, dens.ndim, dens.dtype)
 
 
-def energy(net: Network, h: Acts, query: QueryPlan | None = None):
+def energy(net: Network, h: Acts, query: QueryPlan | None = None) -> Scalar:
     """F(h, θ): a scalar. With ``query``, free leaves are left out (see module docstring)."""
     B = h[0].shape[1]
     total = jnp.zeros((), h[0].dtype)
@@ -93,7 +94,7 @@ def group_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> lis
     return out
 
 
-def node_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> dict[str, jax.Array]:
+def node_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> dict[str, Scalar]:
     """``{node: E_v}`` (mean over the batch) for every node with an energy term in F."""
     out = {}
     for gi, e in enumerate(group_energies(net, h, query)):
@@ -121,7 +122,7 @@ def predict_groups(net: Network, h: Acts, need: Sequence[bool] | None = None) ->
     ]
 
 
-def predictions(net: Network, h: Acts) -> dict[str, jax.Array]:
+def predictions(net: Network, h: Acts) -> dict[str, NodeValues]:
     """``{node: μ_v}`` for every node with parents (categorical: ``softmax`` of the logits)."""
     out = {}
     for grp, mu in zip(net.plan.groups, predict_groups(net, h)):
@@ -150,7 +151,8 @@ def set_leaves(net: Network, h: Acts, query: QueryPlan) -> Acts:
 
 
 def node_prediction(net: Network, h: Acts, name: str, values: Mapping[str, jax.Array] | None = None,
-                    members: dict | None = None, parents: Collection[str] | None = None):
+                    members: dict | None = None,
+                    parents: Collection[str] | None = None) -> NodeValues:
     """μ of one node from its parents' values (``values`` overrides ``h`` node by node).
     ``members`` caches each term group's per-member parameters across calls (a forward pass);
     ``parents`` keeps only the terms whose source is one of them (a sweep leaving edges out)."""
@@ -219,7 +221,7 @@ def topological_order(net: Network, clamped: Sequence[str]) -> tuple[str, ...]:
     return order
 
 
-def forward(net: Network, clamped: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def forward(net: Network, clamped: Mapping[str, NodeValues]) -> dict[str, NodeValues]:
     """The forward pass from clamped roots: every other node set to its prediction, in
     topological order. A DAG-only operation: raises ``ForwardError`` otherwise."""
     order = topological_order(net, tuple(clamped))

@@ -25,7 +25,7 @@ predictions at the end (``_energy.set_leaves``).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import diffrax
 import jax
@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from ._config import GradientDescent, GradientFlow, Inference, resolve_config
+from ._custom_types import Batch
 from ._energy import energy, set_leaves
 from ._network import Network
 from ._plan import Acts
@@ -41,6 +42,8 @@ from ._query import QueryPlan, compile_query
 
 
 class InferResult(NamedTuple):
+    """What a relaxation returns (a pytree of device arrays)."""
+
     h: Acts  # relaxed activities (free leaves at their predictions)
     energies: Any  # GD: F before each step, [T] (NaN for steps not taken); ODE: [n] if recorded
     trajectory: Any  # activities of the free groups per step (tuple over query.free_groups) or None
@@ -252,7 +255,7 @@ def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
 
 
 # ------------------------------------------------------------------------------ data
-def clamp_data(net: Network, query: QueryPlan, data: Mapping[str, Any], dtype=None) -> Acts:
+def clamp_data(net: Network, query: QueryPlan, data: Batch, dtype=None) -> Acts:
     """``Acts`` with the clamped nodes of ``query`` set from ``data`` (zeros elsewhere).
 
     Integer label vectors ``[B]`` for a vector node are one-hot encoded."""
@@ -276,7 +279,7 @@ def clamp_data(net: Network, query: QueryPlan, data: Mapping[str, Any], dtype=No
 def relax(
     net: Network,
     query,
-    data: Mapping[str, Any],
+    data: Batch,
     inference: Inference | None = None,
     *,
     init=None,

@@ -28,11 +28,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import PRNGKeyArray
 
 from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
 from ._cost import step_cost
-from ._graph import analyse
+from ._custom_types import Batch
 from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
+from ._graph import analyse
 from ._infer import clamp_data, condition_grads, energy_grad_fn, infer, merge_free, reimpose
 from ._init import InitError, make_initialiser
 from ._network import Network
@@ -91,7 +93,8 @@ class TrainStep:
             return None
         return self.initialiser.init_state(net, batch_size, key)
 
-    def __call__(self, net: Network, opt_state, batch: Mapping[str, Any], key=None, carry=None):
+    def __call__(self, net: Network, opt_state, batch: Batch, key: PRNGKeyArray | None = None,
+                 carry=None):
         """``(net, opt_state, metrics)``; with ``carry=`` ``(net, opt_state, metrics, carry)``;
         with a :class:`StepState` as ``opt_state``, the returned state is one too."""
         if isinstance(opt_state, StepState):
@@ -348,7 +351,8 @@ class EvalStep:
     def stateful(self) -> bool:
         return self.initialiser is not None and self.initialiser.stateful
 
-    def __call__(self, net: Network, batch: Mapping[str, Any], key=None, carry=None):
+    def __call__(self, net: Network, batch: Batch, key: PRNGKeyArray | None = None,
+                 carry=None) -> dict[str, Any]:
         if isinstance(carry, StepState):
             carry = carry.carry
         if carry is None and self.stateful:

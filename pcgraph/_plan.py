@@ -59,7 +59,7 @@ from ._ir import ModelIR, SettingsIR
 from ._registry import PARAMETERISATIONS, WEIGHT_INITS
 from ._shapes import PARAMETRIC, Step, conv_geometry, fan_in, pool_geometry, resolve_chain
 
-Acts = tuple  # tuple[Array[G, B, *shape], ...], one entry per node group
+from ._custom_types import Acts as Acts  # noqa: E402 - one array [G, B, *shape] a node group
 
 
 def weight_init_name(init: str, parameterisation: str) -> str:
@@ -244,18 +244,8 @@ def _split(items: list, stack) -> list[list]:
     return [items]
 
 
-def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="auto") -> NetPlan:
-    """The static plan of a model (no parameters): grouping, resolved chains, scales."""
-    stack = resolve_stack(stack)
-    G = to_graph(model)
-    param = parameterisation or model.settings.get("parameterisation") or "standard"
-    if param not in PARAMETERISATIONS:
-        raise ValueError(f"unknown parameterisation {param!r}; known: {', '.join(PARAMETERISATIONS)}")
-    nodes = {n.name: n for n in model.nodes}
-    parents = {v: tuple(sorted(G.predecessors(v), key=natural_key)) for v in G}
-    children = {v: tuple(sorted(G.successors(v), key=natural_key)) for v in G}
-
-    # ---- node groups
+def _node_groups(model: ModelIR, parents: dict, stack) -> list[NodeGroup]:
+    """Nodes grouped by signature (shape, act, energy, precision, prior, has parents)."""
     def node_sig(n):
         has_p = bool(parents[n.name])
         prec = float(n.energy.precision) if n.energy.kind == "gaussian" else 1.0
@@ -264,6 +254,7 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
             prior = (n.prior.kind, float(n.prior.mean), float(n.prior.std))
         return (tuple(n.shape), n.act, n.energy.kind, prec, prior, has_p)
 
+    nodes = {n.name: n for n in model.nodes}
     by_sig: dict[tuple, list[str]] = {}
     for name in sorted(nodes, key=natural_key):
         by_sig.setdefault(node_sig(nodes[name]), []).append(name)
@@ -272,16 +263,14 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
         for part in _split(names, stack):
             groups.append(NodeGroup(tuple(part), *sig))
     groups.sort(key=lambda g: natural_key(g.names[0]))
-    loc = {n: (gi, i) for gi, g in enumerate(groups) for i, n in enumerate(g.names)}
+    return groups
 
-    # ---- terms
-    roots = {v for v in G if not parents[v]}
-    leaves = {v for v in G if not children[v]}
-    has_skips = any(
-        all(t.kind == "identity" for t in term.chain) for e in model.edges for term in e.terms
-    )
+
+def _raw_terms(model: ModelIR, loc: dict) -> tuple[list, set]:
+    """Every term ``(sig, name, src, dst, term, specs)`` and the edges with parametric terms."""
+    nodes = {n.name: n for n in model.nodes}
     parametric_edges = set()
-    raw_terms = []  # (sig, name, src, dst, term, specs)
+    raw_terms = []
     for e in model.edges:
         src, dst = nodes[e.src], nodes[e.dst]
         for i, term in enumerate(e.terms):
@@ -292,8 +281,11 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
             name = term_name(e.src, e.dst, i, len(e.terms))
             sig = (loc[e.src][0], loc[e.dst][0], term.pre, specs, bool(term.bias))
             raw_terms.append((sig, name, e.src, e.dst, term, specs))
-    L = max(1, weight_depth(G, parametric_edges))
+    return raw_terms, parametric_edges
 
+
+def _scaler(param: str, roots: set, leaves: set, L: int, has_skips: bool):
+    """``scale(src, dst, specs)``: the per-term scale of the parameterisation (module doc)."""
     def scale(src: str, dst: str, specs: tuple[StepSpec, ...]) -> float:
         if param == "standard":
             return 1.0
@@ -306,6 +298,29 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
         if dst in leaves:
             return 1.0 / n_in
         return 1.0 / math.sqrt(n_in * L) if has_skips else 1.0 / math.sqrt(n_in)
+
+    return scale
+
+
+def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="auto") -> NetPlan:
+    """The static plan of a model (no parameters): grouping, resolved chains, scales."""
+    stack = resolve_stack(stack)
+    G = to_graph(model)
+    param = parameterisation or model.settings.get("parameterisation") or "standard"
+    if param not in PARAMETERISATIONS:
+        raise ValueError(f"unknown parameterisation {param!r}; known: {', '.join(PARAMETERISATIONS)}")
+    nodes = {n.name: n for n in model.nodes}
+    parents = {v: tuple(sorted(G.predecessors(v), key=natural_key)) for v in G}
+    children = {v: tuple(sorted(G.successors(v), key=natural_key)) for v in G}
+    groups = _node_groups(model, parents, stack)
+    loc = {n: (gi, i) for gi, g in enumerate(groups) for i, n in enumerate(g.names)}
+    raw_terms, parametric_edges = _raw_terms(model, loc)
+    L = max(1, weight_depth(G, parametric_edges))
+    has_skips = any(
+        all(t.kind == "identity" for t in term.chain) for e in model.edges for term in e.terms
+    )
+    scale = _scaler(param, {v for v in G if not parents[v]}, {v for v in G if not children[v]},
+                    L, has_skips)
 
     by_tsig: dict[tuple, list] = {}
     for rt in raw_terms:
