@@ -35,7 +35,7 @@ def machine() -> str:
 
 def load_model(path_or_text):
     """A validated model from a ``.pcg`` path or text."""
-    from pcgraph._load import load
+    from pcgraph import load
 
     return load(path_or_text)
 

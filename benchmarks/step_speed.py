@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from pcgraph._ir import (  # noqa: E402
+from pcgraph import (  # noqa: E402
     EdgeIR,
     EnergyIR,
     ModelIR,

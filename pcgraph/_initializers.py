@@ -30,7 +30,6 @@ memories (mem), amortiser parameters (amortised) and their optimiser state — i
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,6 +41,7 @@ import networkx as nx
 from ._graph import natural_key
 from ._memory import HopfieldMemory, memory_loss, retrieve
 from ._kernels import activation
+from ._network import name_key
 
 Array = jax.Array
 Acts = Mapping[str, Array]
@@ -49,11 +49,6 @@ Acts = Mapping[str, Array]
 
 def _nsorted(names: Iterable[str]) -> list[str]:
     return sorted(names, key=natural_key)
-
-
-def name_key(key: Array, name: str) -> Array:
-    """A PRNG key for ``name`` derived from ``key``: independent of declaration/iteration order."""
-    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 # ------------------------------------------------------------------------------ stateless

@@ -54,6 +54,11 @@ def stable_hash(name: str) -> int:
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
 
 
+def name_key(key, name: str):
+    """A PRNG key for ``name`` derived from ``key``: independent of declaration/iteration order."""
+    return jax.random.fold_in(key, stable_hash(name))
+
+
 # ------------------------------------------------------------------------------ parameters
 def _init_term_group(tg: TermGroup, key, dtype) -> tuple[dict, ...]:
     per_step: list[dict] = []
@@ -69,7 +74,7 @@ def _init_term_group(tg: TermGroup, key, dtype) -> tuple[dict, ...]:
             bshape = (st.out_shape[0],)
         Ws = []
         for name, init in zip(tg.names, tg.inits):
-            k = jax.random.fold_in(jax.random.fold_in(key, stable_hash(name)), j)
+            k = jax.random.fold_in(name_key(key, name), j)
             rng = np.random.default_rng(np.asarray(jax.random.key_data(k)).astype(np.uint64))
             Ws.append(WEIGHT_INITS[init](rng, wshape, st.fan_in, st.fan_out))
         W = jnp.asarray(np.stack(Ws), dtype)

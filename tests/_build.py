@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pcgraph._ir import (
+from pcgraph import (
     EdgeIR,
     EnergyIR,
     ModelIR,

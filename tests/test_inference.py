@@ -10,11 +10,10 @@ import optax
 import pytest
 
 import _build as b
-from pcgraph._energy import energy
+from pcgraph import energy, linear_equilibrium
 from pcgraph import GradientDescent, GradientFlow, Initialisation, infer, relax
 from pcgraph._infer import clamp_data
 from pcgraph import build, compile_query
-from pcgraph._theory import linear_equilibrium
 
 E = eqx.filter_jit(energy)
 _infer = eqx.filter_jit(infer)

@@ -19,12 +19,11 @@ import pytest
 
 import _build as b
 from pathlib import Path
-from pcgraph._diagnostics import PcgError
 from pcgraph._energy import energy, forward_acts, node_energies
 from pcgraph import GradientDescent, Initialisation, infer
 from pcgraph._infer import clamp_data
-from pcgraph._init import InitError, make_initialiser, resolve
-from pcgraph._learn import StepState, make_eval_step, make_train_step
+from pcgraph import InitError, PcgError, StepState, make_eval_step, make_train_step
+from pcgraph._init import make_initialiser, resolve
 from pcgraph import build, compile_query
 
 
@@ -61,7 +60,7 @@ def _gen():
 
 
 def _hybrid():
-    from pcgraph._ir import EdgeIR
+    from pcgraph import EdgeIR
 
     m = _gen()
     import dataclasses

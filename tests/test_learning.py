@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import _build as b
-from pcgraph._learn import make_eval_step, make_train_step
+from pcgraph import make_eval_step, make_train_step
 from pcgraph import build
 
 

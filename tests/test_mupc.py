@@ -14,7 +14,7 @@ import pytest
 import _build as b
 import pcgraph
 from pcgraph._energy import forward
-from pcgraph._learn import make_train_step
+from pcgraph import make_train_step
 
 MODEL = "resnet_mupc.pcg"
 
