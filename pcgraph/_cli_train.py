@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,8 @@ TRAIN_JSON_FIELDS = """\
   out_dir          run directory (metrics.jsonl, checkpoint.eqx, checkpoint.json)
   checkpoint       path of the last checkpoint
   resumed_from     epoch the run was resumed from (0 for a fresh run)
+  devices, mesh, processes   with --devices/--mesh: the device count, {"data": N, "layer": M}
+                   and the number of processes (printed by process 0 only)
 """
 
 TRAIN_FILES = """\
@@ -261,6 +264,61 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", help="training query (default train)")
     p.add_argument("--test-query", help="evaluation query (default test)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several devices and hosts (docs/scaling.md)")
+    g.add_argument("--devices", type=int, metavar="N",
+                   help="data-parallel over N devices (the same as --mesh data=N)")
+    g.add_argument("--mesh", metavar="SPEC",
+                   help="device mesh, e.g. data=8 or data=2,layer=4: each batch split over "
+                        "'data', stacked layer groups over 'layer'")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="several processes: the address of process 0 (jax.distributed)")
+    g.add_argument("--num-processes", type=int, metavar="P", help="several processes: how many")
+    g.add_argument("--process-id", type=int, metavar="I", help="several processes: this one's rank")
+    g.add_argument("--distributed", action="store_true",
+                   help="several processes, the rest from the environment JAX reads "
+                        "(JAX_COORDINATOR_ADDRESS; SLURM, Open MPI, Kubernetes, Cloud TPU)")
+
+
+def _devices(args: argparse.Namespace):
+    """Start jax.distributed when asked and return the mesh spec for ``fit`` (None: one
+    device). Before anything else touches JAX."""
+    coord, nproc, pid = (getattr(args, k, None) for k in
+                         ("coordinator", "num_processes", "process_id"))
+    devices, mesh = getattr(args, "devices", None), getattr(args, "mesh", None)
+    if devices is not None and mesh is not None:
+        raise CliError("give --devices N or --mesh SPEC, not both")
+    if devices is not None and devices < 1:
+        raise CliError(f"--devices {devices} is out of range")
+    from ._sharding import MeshError, initialize, make_mesh, parse_mesh
+
+    if (coord is not None or nproc is not None or pid is not None
+            or getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        if nproc is not None and nproc < 1:
+            raise CliError(f"--num-processes {nproc} is out of range")
+        if pid is not None and nproc is not None and not 0 <= pid < nproc:
+            raise CliError(f"--process-id {pid} must be in 0..{nproc - 1}")
+        try:
+            initialize(coord, nproc, pid)
+        except (RuntimeError, ValueError) as e:
+            raise CliError(f"cannot start jax.distributed: {e}") from None
+        if mesh is None and devices is None:
+            import jax
+
+            devices = jax.device_count()
+    spec = mesh if mesh is not None else (f"data={devices}" if devices is not None else None)
+    if spec is None:
+        return None
+    try:
+        parse_mesh(spec)
+        return make_mesh(spec)
+    except MeshError as e:
+        raise CliError(str(e)) from None
+
+
 
 
 def _reporting(command, args: argparse.Namespace) -> int:
@@ -278,6 +336,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
+    mesh = _devices(args)
+    primary = mesh is None or _process_index() == 0  # only process 0 writes the run directory
     model = _load_model(args.file)
     out = Path(args.out or Path("runs") / model.name)
     ckpt_path = out / CHECKPOINT
@@ -388,15 +448,16 @@ def _train(args: argparse.Namespace) -> int:
             raise CliError(str(e)) from None
         state = TrainState.from_meta(opt_state, carry, meta)
         resumed_from = state.epoch
-        _rewrite_metrics(metrics_path, state.epoch)
-    else:
+        if primary:
+            _rewrite_metrics(metrics_path, state.epoch)
+    elif primary:
         out.mkdir(parents=True, exist_ok=True)
         if metrics_path.exists():
             print(f"note: {out} holds a previous run; overwriting it (use --resume to continue)",
                   file=sys.stderr)
         metrics_path.write_text("")
 
-    progress = Progress(enabled=not args.quiet)
+    progress = Progress(enabled=not args.quiet and primary)
     log_every = 1
     written = {"ckpt": str(ckpt_path) if meta is not None else None}
 
@@ -410,7 +471,7 @@ def _train(args: argparse.Namespace) -> int:
             log_every = max(1, ev["steps_per_epoch"] // 10)
         elif kind == "step":
             progress.step(ev)
-            if ev["batch"] % log_every == 0 or ev["batch"] == 1:
+            if primary and (ev["batch"] % log_every == 0 or ev["batch"] == 1):
                 _append_jsonl(metrics_path, [{"type": "step", "epoch": ev["epoch"],
                                               "step": ev["step"], "energy": ev["energy"],
                                               "energy_end": ev["energy_end"],
@@ -422,6 +483,8 @@ def _train(args: argparse.Namespace) -> int:
             if ev.get("inference"):
                 recs.append({"type": "inference", "epoch": ev["epoch"], "step": m["step"],
                              "node_energies": ev["inference"]})
+            if not primary:
+                return
             _append_jsonl(metrics_path, recs)
             st = ev["state"]
             cmeta = {**st.meta(), "seed": seed, "model": model.name, "model_file": args.file,
@@ -437,11 +500,12 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         result = fit(net, ds, config, query=q, test_query=tq, seed=seed, callback=callback,
-                     state=state)
+                     state=state,
+                     mesh=mesh)
     except TrainingDiverged as e:
         if progress.tty:
             sys.stderr.write("\n")
-        _append_jsonl(metrics_path, [{"type": "diverged", "epoch": e.epoch, "step": e.step,
+        _append_jsonl(metrics_path if primary else Path(os.devnull), [{"type": "diverged", "epoch": e.epoch, "step": e.step,
                                       "nodes": list(e.nodes), "message": str(e)}])
         _err(str(e))
         return EXIT_MODEL
@@ -463,6 +527,12 @@ def _train(args: argparse.Namespace) -> int:
         "wall_time_s": time.perf_counter() - t_start,
         "out_dir": str(out), "checkpoint": written["ckpt"], "resumed_from": resumed_from,
     }
+    if mesh is not None:
+        summary["devices"] = int(mesh.devices.size)
+        summary["mesh"] = dict(mesh.shape)
+        summary["processes"] = _process_count()
+    if not primary:
+        return EXIT_OK
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -473,6 +543,18 @@ def _train(args: argparse.Namespace) -> int:
               f"({summary['train_time_s']:.1f} s training, {summary['smm_per_update']:g} SMM per "
               f"update); run in {out}")
     return EXIT_OK
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
+
+
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 # ------------------------------------------------------------------------------ eval

@@ -37,8 +37,8 @@ class Evaluator:
     """``evaluator(net, data, query=..., ...)`` with the evaluation steps of one ``inference`` and
     ``init``, built on first use per (query, reconstructed node) and kept (one compilation)."""
 
-    def __init__(self, inference: Inference, init: Initialisation):
-        self.inference, self.init = inference, init
+    def __init__(self, inference: Inference, init: Initialisation, mesh: Any = None):
+        self.inference, self.init, self.mesh = inference, init, mesh  # mesh: pcgraph._sharding
         self._steps: dict = {}
 
     def step(self, net: Network, query: str, reconstruct: str | None = None) -> EvalStep:
@@ -46,6 +46,10 @@ class Evaluator:
         if key not in self._steps:
             self._steps[key] = make_eval_step(net, query, inference=self.inference,
                                               init=self.init, reconstruct=reconstruct)
+            if self.mesh is not None:  # each batch split over the mesh's devices
+                from ._sharding import shard_eval
+
+                self._steps[key] = shard_eval(self._steps[key], self.mesh)
         return self._steps[key]
 
     def __call__(self, net: Network, data, *, query: str = "test", split: str = "test",
@@ -142,6 +146,7 @@ def evaluate(
     train_query: str = "train",
     max_examples: int | None = None,
     carry: Any = None,
+    mesh: Any = None,
 ) -> dict:
     """Evaluate ``net`` on ``data`` (a ``Dataset``: its ``split`` = test | val | train; or a
     ``{node: array}`` dict of the test query's clamped nodes plus targets for read nodes).
@@ -156,10 +161,10 @@ def evaluate(
     ``inference`` / ``init``: default the model's settings. ``carry``: the training run's
     initialiser state (``FitResult.state.carry``), needed where the evaluation query initialises
     nodes with ``mem``, ``amortised`` or ``null``. Compiles on every call: to evaluate repeatedly,
-    keep an :class:`Evaluator`."""
+    keep an :class:`Evaluator`. ``mesh``: split each batch over its devices (docs/scaling.md)."""
     if inference is None:
         inference = resolve_config(net.plan.settings).inference
-    ev = Evaluator(inference, Initialisation() if init is None else init)
+    ev = Evaluator(inference, Initialisation() if init is None else init, mesh)
     return ev(net, data, query=query, split=split, batch_size=batch_size,
               train_query=train_query, max_examples=max_examples, carry=carry)
 

@@ -140,6 +140,7 @@ def fit(
     train_eval_max: int = 2048,
     check_every: int = 10,
     trace_inference: bool = True,
+    mesh: Any = None,
     **settings: Any,
 ) -> FitResult:
     """Train ``net`` on ``data`` for ``config.epochs`` epochs (the total: a resumed ``state``
@@ -157,6 +158,10 @@ def fit(
     epoch events carry ``metrics``, ``net``, ``state`` (to checkpoint) and ``inference`` (the
     per-node energy trace); a callback returning False at an epoch event stops training there.
 
+    ``mesh``: train on several devices (``"data=8"``, ``"data=2,layer=4"``, a device count or a
+    ``jax.sharding.Mesh`` with axes ``data``/``layer``; docs/scaling.md). The result (network,
+    state, history) is the plain single-device one.
+
     Raises :class:`TrainingDiverged` when the energy/loss becomes non-finite,
     ``data.DataShapeError`` before compiling when the data does not fit the nodes."""
     config = _config(net, config, settings)
@@ -169,7 +174,7 @@ def fit(
         eval_data = data if isinstance(data, _data.Dataset) else False
     step_fn = make_train_step(net, query, method=config.algorithm, inference=config.inference,
                               init=config.init, weight_optimizer=config.weight_optimizer,
-                              record_node_energies=config.algorithm != "bp")
+                              record_node_energies=config.algorithm != "bp", jit=mesh is None)
     if state is None:
         state = TrainState(opt_state=step_fn.optimizer.init(eqx.filter(net, eqx.is_inexact_array)),
                            carry=step_fn.init_carry(net, config.batch_size, carry_key(seed)))
@@ -186,7 +191,8 @@ def fit(
     tracer = (make_tracer(net, query, config.inference, config.init)
               if config.algorithm != "bp" and isinstance(config.inference, GradientDescent)
               else None)
-    evaluator = Evaluator(config.inference, eval_init(net, test_query, config.init))
+    evaluator = Evaluator(config.inference, eval_init(net, test_query, config.init), mesh)
+    host = _sharding_hook(mesh, step_fn, net, state, config.batch_size)  # identity on one device
     epoch_run = EpochSteps(step_fn, tracer, check_every, _emitter(callback), steps_per_epoch)
 
     def evaluation(net_, carry) -> dict:
@@ -194,7 +200,7 @@ def fit(
                            eval_batch_size, train_eval_max, carry)
 
     return _loop(net, state, config, train, step_fn, epoch_run, evaluation, tracer, record,
-                 seed, balanced, callback, trace_inference)
+                 seed, balanced, callback, trace_inference, host)
 
 
 def _emitter(callback):
@@ -206,37 +212,68 @@ def _emitter(callback):
 
 def _loop(net, state: TrainState, config: Config, train: TrainData, step_fn: TrainStep,
           epoch_run: "EpochSteps", evaluation, tracer, record: dict, seed: int, balanced: bool,
-          callback, trace_inference: bool) -> FitResult:
-    """The loop over epochs: train an epoch, check the weights, evaluate, report."""
+          callback, trace_inference: bool, host) -> FitResult:
+    """The loop over epochs: train an epoch, check the weights, evaluate, report. ``host``: the
+    placement on a mesh (the loop's network and state live there; ``view`` is the plain one)."""
     emit = _emitter(callback)
+    net, state.opt_state, state.carry = host.place(net, state.opt_state, state.carry)
+    view, net_out = state, net
     emit({"kind": "start", "epochs": config.epochs, "start_epoch": state.epoch,
           "steps_per_epoch": epoch_run.steps_per_epoch,
           "smm_per_update": record["smm_per_update"], "config": record})
     base_key = jax.random.PRNGKey(seed)
     while state.epoch < config.epochs:
         epoch = state.epoch  # 0-based index of the epoch being run
-        batches = train.batches(config.batch_size, seed=seed, epoch=epoch, balanced=balanced)
+        batches = map(host.split, train.batches(config.batch_size, seed=seed, epoch=epoch,
+                                                balanced=balanced))
         net, stats = epoch_run(net, state, batches, jax.random.fold_in(base_key, epoch))
         check_params(net, state.step, epoch, epoch_run.steps_per_epoch, stats.last_finite)
         state.wall_time_s += stats.train_time
         metrics = {**stats.metrics(epoch, state.step, record), "wall_time_s": state.wall_time_s}
-        metrics.update(evaluation(net, state.carry))
+        net_out = host.net(net)
+        view = dataclasses.replace(state, opt_state=host.opt(state.opt_state),
+                                   carry=host.carry(state.carry))
+        metrics.update(evaluation(net_out, view.carry))
         state.epoch += 1
         state.history.append(metrics)
+        view.epoch = state.epoch
         trace = None
         if trace_inference and tracer is not None and stats.first_batch is not None:
             try:
-                trace = tracer(net, stats.first_batch, state.carry)
+                trace = tracer(net_out, host.batch(stats.first_batch), view.carry)
             except Exception:  # noqa: BLE001 - a diagnostic only
                 trace = None
-        if emit({"kind": "epoch", "epoch": state.epoch, "metrics": metrics, "net": net,
-                 "state": state, "inference": trace}) is False:
+        if emit({"kind": "epoch", "epoch": state.epoch, "metrics": metrics, "net": net_out,
+                 "state": view, "inference": trace}) is False:
             break
-    emit({"kind": "end", "net": net, "state": state})
-    return FitResult(net=net, state=state, history=list(state.history), config=record,
+    net_out = host.net(net)
+    view = dataclasses.replace(state, opt_state=host.opt(state.opt_state),
+                               carry=host.carry(state.carry))
+    emit({"kind": "end", "net": net_out, "state": view})
+    return FitResult(net=net_out, state=view, history=list(state.history), config=record,
                      smm_per_update=record["smm_per_update"],
                      smm_per_batch=record["smm_per_batch"],
                      steps_per_epoch=epoch_run.steps_per_epoch, traces=step_fn.traces)
+
+
+def _sharding_hook(mesh, step_fn, net, state, batch_size):
+    """What the loop needs to run on a mesh (``pcgraph._sharding.FitPlacement``), or an identity
+    stand-in on one device."""
+    if mesh is None:
+        return _OneDevice()
+    from ._sharding import FitPlacement
+
+    return FitPlacement(mesh, step_fn, net, state.opt_state, batch_size)
+
+
+class _OneDevice:
+    def net(self, x):
+        return x
+
+    opt = carry = batch = split = net
+
+    def place(self, net, opt_state, carry):
+        return net, opt_state, carry
 
 
 def _evaluation(evaluator: Evaluator, net, train: TrainData, eval_data, test_query: str,

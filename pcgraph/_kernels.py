@@ -138,11 +138,20 @@ def apply_member(tg: TermGroup, member_params: tuple, e: int, x):
     return apply_terms(tg, member_params, x[None], (tg.scales[e],))[0]
 
 
+PAD_BLOCKS = 4  # assemble: up to this many blocks are padded and summed, more are concatenated
+
+
 def assemble(size: int, contribs: list[tuple[tuple[int, ...], jax.Array]]):
     """Sum contributions ``(target indices, [E, B, ...])`` into ``[size, B, ...]``.
 
     Disjoint contiguous contributions that tile ``[0, size)`` are concatenated (no zeros, no
     scatter); overlapping ones are added into slices (or scattered when not contiguous)."""
+    # contributions to the same nodes (a residual edge's dense + identity terms) are added first:
+    # a sum, not a scatter-add, which keeps a layer-sharded stack local (pcgraph._sharding)
+    summed: dict[tuple[int, ...], jax.Array] = {}
+    for idx, c in contribs:
+        summed[idx] = summed[idx] + c if idx in summed else c
+    contribs = list(summed.items())
     base: list[tuple[int, int, jax.Array]] = []
     extra = []
     used = set()
@@ -156,15 +165,24 @@ def assemble(size: int, contribs: list[tuple[tuple[int, ...], jax.Array]]):
     base.sort(key=lambda t: t[0])
     ref = contribs[0][1]
     tail = ref.shape[1:]
-    pieces, pos = [], 0
-    for a, b, c in base:
-        if a > pos:
-            pieces.append(jnp.zeros((a - pos, *tail), ref.dtype))
-        pieces.append(c)
-        pos = b
-    if pos < size:
-        pieces.append(jnp.zeros((size - pos, *tail), ref.dtype))
-    out = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
+    if 0 < len(base) <= PAD_BLOCKS:
+        # a few blocks: each padded to the full size and summed. A layer-sharded stack (see
+        # pcgraph._sharding) then shifts by a halo exchange of one row, where a concatenation
+        # would reshuffle the whole stack between devices on every inference step
+        out = None
+        for a, b, c in base:
+            p = c if (a, b) == (0, size) else jnp.pad(c, [(a, size - b)] + [(0, 0)] * (c.ndim - 1))
+            out = p if out is None else out + p
+    else:
+        pieces, pos = [], 0
+        for a, b, c in base:
+            if a > pos:
+                pieces.append(jnp.zeros((a - pos, *tail), ref.dtype))
+            pieces.append(c)
+            pos = b
+        if pos < size:
+            pieces.append(jnp.zeros((size - pos, *tail), ref.dtype))
+        out = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
     for idx, c in extra:
         sl = slice_of(idx)
         if sl is not None:

@@ -1,0 +1,228 @@
+"""Training past one device (``pcgraph._sharding``): data- and layer-parallel ``fit`` equal the
+single-device run, checkpoints move across device counts, two processes train as one, and the
+compiled HLO of a layer-parallel inference step exchanges only boundary activities.
+
+The multi-device tests run in subprocesses with ``XLA_FLAGS=--xla_force_host_platform_device_count``
+(the device count is fixed when JAX starts). Float32 runs compare within 1e-5 after 10 steps.
+The μPC residual network is compared under SGD in float32 and under its own Adam in float64: its
+input layer's weight gradient is float32 rounding noise (|g| ≈ 1e-8, the size of Adam's ε), which
+Adam's first steps turn into ±lr updates on one device as on eight (docs/scaling.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pcgraph import _sharding as S
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+MODELS = ROOT / "models"
+TOL = 1e-5
+
+
+def _run(args, devices=8, x64=False, timeout=900, env_extra=None):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["JAX_PLATFORMS"] = "cpu"
+    if x64:
+        env["JAX_ENABLE_X64"] = "1"
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def _json(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ equality
+CASES = {
+    # the MLP under its own settings (Adam); layer=2 puts h1 and h2 on different devices
+    "mlp": ({"path": "models/digits_mlp.pcg", "stack": True}, False),
+    # a cyclic graph: a -> b and b -> a are one stacked term group, split over layer=2
+    "cyclic": ({"path": "models/cyclic_digits.pcg", "stack": True, "init": "zero"}, False),
+    # its memory initialiser (least-squares V, learned memories): carried state compared too
+    "cyclic-mem-x64": ({"path": "models/cyclic_digits.pcg", "stack": True, "T": 5}, True),
+    # class means (init = avg): class-balanced batches of a data set, carried state compared
+    "mlp-avg": ({"path": "models/digits_mlp.pcg", "stack": True, "data": "digits",
+                 "init": "avg", "batch": 40}, False),
+    # the amortiser (hybrid model): float32 differs by Adam-ε noise as for muPC, so in float64
+    "hybrid-amortised-x64": ({"path": "models/hybrid.pcg", "stack": True, "T": 5}, True),
+    # the 128-layer muPC residual network at width 8: 126 stacked layers over layer=4
+    "resnet128": ({"path": "models/resnet_mupc.pcg", "params": {"depth": 128, "width": 8},
+                   "T": 4, "optimizer": {"sgd": 0.05}}, False),
+}
+
+
+SLOW_CASES = {"hybrid-amortised-x64"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
+                                  else c for c in CASES])
+def test_sharded_fit_matches_one_device(case):
+    spec, x64 = CASES[case]
+    spec = {"batch": 16, "steps": 10, **spec}
+    meshes = ["data=8", "data=4,layer=2"] if "resnet" not in case else ["data=8",
+                                                                           "data=2,layer=4"]
+    out = _json(_run([TESTS / "_sharded_fit.py", json.dumps(spec), *meshes], x64=x64))
+    assert out["steps"] == (7 if "avg" in case else 10)  # 400 examples: 7 balanced batches
+    for m in meshes:
+        assert out[m] < TOL, (m, out)
+        assert out[m + ":traces"] == 1  # one jit, traced once
+        if m + ":carry" in out:
+            assert out[m + ":carry"] < TOL, (m, out)
+
+
+@pytest.mark.slow
+def test_resnet128_adam_float64_matches_one_device():
+    spec = {"path": "models/resnet_mupc.pcg", "params": {"depth": 128, "width": 16}, "T": 8,
+            "batch": 16, "steps": 10}
+    out = _json(_run([TESTS / "_sharded_fit.py", json.dumps(spec), "data=8", "data=2,layer=4"],
+                     x64=True))
+    assert out["data=8"] < 1e-9 and out["data=2,layer=4"] < 1e-9, out
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_checkpoints_cross_device_counts(tmp_path):
+    """8 devices then --resume on one, and one then --resume on data=2,layer=4, end with the
+    parameters and Adam state of an uninterrupted single-device run."""
+    out = _json(_run([TESTS / "_sharded_cli.py", tmp_path]))
+    assert out["steps"][0] == out["steps"][1] == out["steps"][2] > 0
+    assert out["sharded_then_one"] < TOL and out["one_then_sharded"] < TOL, out
+
+
+# ------------------------------------------------------------------------------ two processes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_device(tmp_path):
+    """2 processes x 4 host devices on 127.0.0.1 (jax.distributed, gloo collectives), one mesh
+    data=8: the checkpoint process 0 writes equals a single-device run's."""
+    port = _free_port()
+    base = ["-m", "pcgraph", "train", MODELS / "digits_mlp.pcg", "--data", "digits", "--fraction",
+            "0.25", "--batch-size", "32", "--epochs", "1", "--quiet", "--json"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    procs = [subprocess.Popen(
+        [sys.executable, *map(str, base), "--out", str(tmp_path / "mp"), "--coordinator",
+         f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    text = outs[0][0]  # gloo prints its connections on stdout too
+    summary = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
+    assert summary["processes"] == 2 and summary["devices"] == 8
+    assert "{" not in outs[1][0]  # only process 0 reports and writes
+    single = _run([*base, "--out", tmp_path / "one"], devices=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    cmp = _run(["-c", (
+        "import sys, json, numpy as np; sys.path.insert(0, 'tests'); import _sharded_cli as c; "
+        f"a, _ = c.leaves('{tmp_path / 'mp' / 'checkpoint.eqx'}'); "
+        f"b, _ = c.leaves('{tmp_path / 'one' / 'checkpoint.eqx'}'); "
+        "print(json.dumps(c.diff(a, b)))")], devices=1)
+    assert _json(cmp) < TOL
+
+
+# ------------------------------------------------------------------------------ HLO
+def test_layer_parallel_inference_exchanges_only_boundary_rows():
+    """The compiled step of a 16-layer residual net: data=8 runs no collective per inference step
+    but a scalar all-reduce (the recorded energy); under data=2,layer=4 the inference loop gathers
+    and reshuffles nothing, and its collective-permutes move exactly one [B/2, width] boundary row
+    each."""
+    out = _json(_run([TESTS / "_sharded_hlo.py"]))
+    dp, lp = out["data=8"], out["data=2,layer=4"]
+    assert set(dp["per_inference_step"]) == {"all-reduce"}
+    assert dp["per_inference_step"]["all-reduce"][1] <= 16
+    assert dp["per_step_outside"]["all-reduce"][1] >= out["param_bytes"]  # the weight gradient
+    inner = lp["per_inference_step"]
+    assert set(inner) <= {"collective-permute", "all-reduce"}, inner  # no gather, no reshuffle
+    n, nbytes = inner["collective-permute"]
+    assert n >= 1 and nbytes == n * out["row_bytes"], (inner, out["row_bytes"])
+    # the all-reduces carry the rows the replicated input and output layers exchange with the
+    # stack's ends (and the scalar energy): far less than the stack of activities
+    assert inner["all-reduce"][1] <= 2 * out["row_bytes"] + 64, inner
+    assert "batch size 12 does not split over the 8 devices" in out["batch_error"]
+
+
+# ------------------------------------------------------------------------------ in-process units
+def test_parse_mesh():
+    assert S.parse_mesh("data=2,layer=4") == {"data": 2, "layer": 4}
+    assert S.parse_mesh("8") == {"data": 8} and S.parse_mesh(3) == {"data": 3}
+    for bad, words in (("data=2,depth=4", "unknown mesh axis 'depth'"),
+                       ("data=two", "data=N,layer=M"), ("data=0", "at least one device"),
+                       ("data=2,data=2", "twice")):
+        with pytest.raises(S.MeshError, match=words):
+            S.parse_mesh(bad)
+
+
+def test_make_mesh_needs_the_devices():
+    import jax
+
+    n = jax.device_count()
+    mesh = S.make_mesh(f"data={n}")
+    assert dict(mesh.shape) == {"data": n, "layer": 1}
+    with pytest.raises(S.MeshError, match="xla_force_host_platform_device_count=64"):
+        S.make_mesh("data=16,layer=4")
+
+
+def test_cli_reports_a_mesh_it_cannot_build(tmp_path, capsys):
+    from pcgraph._cli_train import main
+
+    code = main(["train", str(MODELS / "digits_mlp.pcg"), "--data", "digits", "--out",
+                 str(tmp_path), "--mesh", "data=64,layer=2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "needs 128 devices" in err and "Traceback" not in err
+    code = main(["train", str(MODELS / "digits_mlp.pcg"), "--data", "digits", "--out",
+                 str(tmp_path), "--devices", "2", "--mesh", "data=2"])
+    assert code == 2 and "not both" in capsys.readouterr().err
+
+
+HLO = """\
+HloModule m
+
+%body.1 (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p = (s32[], f32[4,8]) parameter(0)
+  %cp.1 = f32[1,8]{1,0} collective-permute(%x), channel_id=1, source_target_pairs={{0,1}}
+  %ar.2 = (f32[], f32[]) all-reduce(%a, %b), channel_id=2, to_apply=%add
+  ROOT %t = (s32[], f32[4,8]) tuple(%i, %y)
+}
+
+%cond.1 (p: (s32[], f32[4,8])) -> pred[] {
+  ROOT %c = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %w = (s32[], f32[4,8]) while(%t0), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"16"}}
+  %ag = bf16[16,8]{1,0} all-gather(%q), channel_id=3, dimensions={0}
+  ROOT %r = f32[4,8] get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_collectives_parser_counts_loops_and_bytes():
+    recs = S.collectives(HLO)
+    by_op = {r["op"]: r for r in recs}
+    assert by_op["collective-permute"] == {"op": "collective-permute", "bytes": 32,
+                                           "shape": "f32[1,8]{1,0}", "loop": 16}
+    assert by_op["all-reduce"]["bytes"] == 8 and by_op["all-reduce"]["loop"] == 16
+    assert by_op["all-gather"]["bytes"] == 256 and by_op["all-gather"]["loop"] is None
+    summ = S.collective_summary(recs)
+    assert summ["per_inference_step"] == {"collective-permute": [1, 32], "all-reduce": [1, 8]}
+    assert summ["per_step_outside"] == {"all-gather": [1, 256]}
+    assert summ["bytes_per_step"] == 16 * 40 + 256 and summ["loops"] == [16]
