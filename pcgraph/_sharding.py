@@ -46,11 +46,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ._errors import Error
+
 DATA, LAYER = "data", "layer"
 AXES = (DATA, LAYER)
 
 
-class MeshError(ValueError):
+class MeshError(Error, ValueError):
     """A mesh that cannot be built from the devices there are, or a batch it cannot split."""
 
 
