@@ -154,3 +154,122 @@ def exceeded(name: str, what: str) -> tuple[str, str]:
     """(message, hint) for ``what`` going over the limit ``name``."""
     value = getattr(current(), name)
     return f"{what}; the limit is {value:,} ({name})", RAISE_HINT.format(name=name)
+
+
+# ------------------------------------------------------------------------------ training runs
+# option spans of the API keywords; the command line relabels them with its flags
+CLI_LABELS = {"init": "--init", "init_overrides": "--init-node", "init_options": "--init-option",
+              "steps": "--steps", "epochs": "--epochs", "batch_size": "--batch-size",
+              "seed": "--seed", "params": "--param"}
+_BOUNDS = {"steps": ("max_steps", 0), "epochs": ("max_epochs", 1),
+           "batch_size": ("max_batch_size", 1), "seed": ("max_seed", 0)}
+FLOAT_BYTES = 4
+
+
+def available_memory() -> int | None:
+    """Bytes a training step can use on the default device: free accelerator memory when JAX
+    already runs on one, else the host's available memory (None when unknown)."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        try:
+            dev = jax.devices()[0]
+            if dev.platform != "cpu":
+                st = dev.memory_stats() or {}
+                if "bytes_limit" in st:
+                    return int(st["bytes_limit"]) - int(st.get("bytes_in_use", 0))
+        except Exception:  # noqa: BLE001 - no device information: fall back to the host
+            pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def model_size(model) -> tuple[int, int]:
+    """(trainable parameters, activity elements of one sample) of a model (IR)."""
+    import math
+
+    from ._shapes import param_shapes, resolve_chain
+
+    shapes = {n.name: tuple(n.shape) for n in model.nodes}
+    params = 0
+    for e in (*model.edges, *model.amortised):
+        for t in e.terms:
+            if e.src in shapes and e.dst in shapes:
+                for step in resolve_chain(t.chain, shapes[e.src], shapes[e.dst]):
+                    params += sum(math.prod(s) for s in param_shapes(step, t.bias).values())
+    return params, sum(math.prod(s) for s in shapes.values())
+
+
+def step_bytes(model, batch_size: int) -> int:
+    """A lower estimate of the memory of one training step: parameters with their gradient and
+    two optimiser moments, and for every sample of the batch each node's activity, prediction,
+    error, gradient and the solver's copies (six arrays)."""
+    params, elements = model_size(model)
+    return FLOAT_BYTES * (4 * params + 6 * batch_size * elements)
+
+
+def training_diagnostics(model, *, steps=None, epochs=None, batch_size=None, seed=None,
+                         available: int | None = None):
+    """Problems of a training run's numbers, found before anything is allocated: steps, epochs,
+    batch size and seed within their limits, and the estimated memory of a step within
+    ``memory_fraction`` of the available memory. Diagnostics are labelled by the option
+    (``steps``, ``batch_size``); the command line relabels them with its flags."""
+    from ._diagnostics import Diagnostic, option_span
+
+    lim = current()
+    out = []
+    values = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "seed": seed}
+    for key, value in values.items():
+        if value is None:
+            continue
+        name, low = _BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(Diagnostic("error", f"{key} must be an integer, got {value!r}",
+                                  option_span(key), code="bad-value"))
+        elif value < low:
+            out.append(Diagnostic("error", f"{key} must be >= {low}, got {value}",
+                                  option_span(key), code="bad-value"))
+        elif value > getattr(lim, name):
+            msg, hint = exceeded(name, f"{key} is {value:,}")
+            out.append(Diagnostic("error", msg, option_span(key), hint, "limit"))
+    if out or batch_size is None:
+        return out
+    try:
+        need = step_bytes(model, int(batch_size))
+    except Exception:  # noqa: BLE001 - shapes the validator reports; nothing to estimate
+        return out
+    free = available if available is not None else available_memory()
+    if free is not None and need > lim.memory_fraction * free:
+        gib = 2**30
+        params, elements = model_size(model)
+        fit = int((lim.memory_fraction * free / FLOAT_BYTES - 4 * params) // (6 * elements)) \
+            if elements else 0
+        hint = (f"use a smaller batch (at most about {fit} fits)" if fit >= 1
+                else "the parameters alone do not fit; make the model smaller")
+        hint += (f", or raise memory_fraction ({lim.memory_fraction}) if the estimate is too "
+                 "cautious: " + RAISE_HINT.format(name="memory_fraction"))
+        out.append(Diagnostic(
+            "error", f"a training step needs about {need / gib:.3g} GiB ({params:,} parameters, "
+            f"{elements:,} activity elements a sample, batch {batch_size}) but {free / gib:.3g} "
+            f"GiB is available", option_span("batch_size"), hint, "out-of-memory"))
+    return out
+
+
+def check_training(model, config, seed=None) -> None:
+    """Raise ``PcgError`` with :func:`training_diagnostics` of a resolved config, if any."""
+    from ._diagnostics import PcgError
+
+    bad = training_diagnostics(model, steps=config.get("steps"), epochs=config.get("epochs"),
+                               batch_size=config.get("batch_size"), seed=seed)
+    if bad:
+        raise PcgError(bad)

@@ -406,8 +406,9 @@ class _Lowering:
             raise self.limit("max_node_elements", f"shape {dims} has {math.prod(dims):,} "
                              "elements", self.span(ctx.file, shape), ctx=ctx)
         if len(self.out.nodes) + len(names) > self.limits.max_nodes:
-            raise self.limit("max_nodes", f"this declaration makes over "
-                             f"{len(self.out.nodes):,} nodes", self.span(ctx.file, st), ctx=ctx)
+            raise self.limit("max_nodes", "this declaration takes the model to "
+                             f"{len(self.out.nodes) + len(names):,} nodes",
+                             self.span(ctx.file, st), ctx=ctx)
         kw: dict = {}
         for o in opts:
             key_tok, val = o.children
@@ -468,8 +469,8 @@ class _Lowering:
         terms = tuple(self.term(t, ctx) for t in terms_tree.children)
         new = sum(len(a) * len(b) for a, b in zip(ends, ends[1:]))
         if len(self.out.edges) + len(self.out.amortised) + new > self.limits.max_edges:
-            raise self.limit("max_edges", f"this statement makes over "
-                             f"{len(self.out.edges) + len(self.out.amortised):,} edges",
+            raise self.limit("max_edges", "this statement takes the model to "
+                             f"{len(self.out.edges) + len(self.out.amortised) + new:,} edges",
                              self.span(ctx.file, st), ctx=ctx)
         for (srcs, dsts), amortised in zip(zip(ends, ends[1:]), arrows):
             for src, s_span in srcs:

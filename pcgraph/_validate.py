@@ -503,3 +503,32 @@ def _first(span: Span) -> str:
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+
+
+def override_diagnostics(model: ModelIR, query: QueryIR,
+                         overrides: Mapping[str, str] | None) -> list[Diagnostic]:
+    """Problems of per-node init overrides given outside the file (``init_overrides`` of the API,
+    ``--init-node`` of the CLI): unknown nodes, clamped nodes, unknown methods. Each is labelled
+    by the option (``init_overrides``), since it has no place in the file."""
+    if not overrides:
+        return []
+    where = option_span("init_overrides")
+    nodes = [n.name for n in model.nodes]
+    known, clamped = set(nodes), set(query.clamp)
+    out = []
+    for name, method in overrides.items():
+        if name not in known:
+            hint = did_you_mean(str(name), nodes) or f"nodes: {name_list(nodes)}"
+            out.append(Diagnostic("error", f"init override {name}={method}: model {model.name!r} "
+                                  f"has no node {name!r}", where, hint, "undefined-name"))
+        elif name in clamped:
+            out.append(Diagnostic("error", f"init override {name}={method}: query "
+                                  f"{query.name!r} clamps {name!r}, so it is never initialised",
+                                  where, "override only free nodes: "
+                                  + name_list([n for n in nodes if n not in clamped]),
+                                  "init-of-clamped"))
+        if method not in INIT_METHODS:
+            hint = did_you_mean(str(method), INIT_METHODS) or "one of: " + ", ".join(INIT_METHODS)
+            out.append(Diagnostic("error", f"init override {name}={method}: unknown init method "
+                                  f"{method!r}", where, hint, "unknown-init"))
+    return out
