@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -59,10 +60,10 @@ class Limits:
             if isinstance(v, str):
                 v = _parse_number(k, v)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 \
-                    or v != v or v == float("inf"):
+                    or (isinstance(v, float) and not math.isfinite(v)):
                 raise LimitError(f"limit {k} must be a positive number, got {v!r}")
-            if kind is int:
-                if float(v) != int(v):
+            if kind is int and isinstance(v, float):
+                if not v.is_integer():
                     raise LimitError(f"limit {k} must be an integer, got {v!r}")
                 v = int(v)
             out[k] = v

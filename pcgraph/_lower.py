@@ -53,6 +53,10 @@ class _Fail(Exception):
     """A diagnostic has been recorded; abandon the current statement."""
 
 
+class _Abort(Exception):
+    """A limit has been exceeded (and recorded): stop lowering, before more is allocated."""
+
+
 @dataclass
 class _Var:
     value: Value
@@ -143,7 +147,10 @@ def lower(
     if text is not None:
         text = normalise_newlines(text)
     low = _Lowering(file, text, parse)
-    model = low.run(tree)
+    try:
+        model = low.run(tree)
+    except _Abort:
+        model = None
     if low.diags:
         diags = sorted(dict.fromkeys(low.diags), key=lambda d: (d.span.file != file, d.span))
         raise PcgError(diags, low.sources)
@@ -166,9 +173,10 @@ class _Lowering:
         self.limits = _limits.current()
         self.iterations = 0  # loop iterations run so far, all loops together
 
-    def limit(self, name: str, what: str, span: Span, ctx: _Ctx | None = None) -> _Fail:
+    def limit(self, name: str, what: str, span: Span, ctx: _Ctx | None = None) -> _Abort:
         msg, hint = _limits.exceeded(name, what)
-        return self.error(msg, span, hint=hint, code="limit", ctx=ctx)
+        self.error(msg, span, hint=hint, code="limit", ctx=ctx)
+        return _Abort()
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def error(self, message: str, span: Span, hint: str | None = None, code: str = "lower",
@@ -574,10 +582,13 @@ class _Lowering:
                              code="bad-range", ctx=ctx)
         n = hi - lo + 1
         runs = n * ctx.mult  # this loop's iterations, repeated by the loops around it
-        if self.iterations + runs > self.limits.max_iterations:
+        if runs > self.limits.max_iterations:
             inner = f" ({n:,} times {ctx.mult:,} runs of the loops around it)" if ctx.mult > 1 else ""
             raise self.limit("max_iterations", f"range {lo}..{hi} makes {runs:,} loop iterations"
-                             f"{inner}, {self.iterations:,} already run", rng, ctx=ctx)
+                             f"{inner}", rng, ctx=ctx)
+        if self.iterations + n > self.limits.max_iterations:
+            raise self.limit("max_iterations", f"range {lo}..{hi} takes the loops to "
+                             f"{self.iterations + n:,} iterations in total", rng, ctx=ctx)
         self.nest(ctx, st)
         name = str(var_tok)
         self.check_free(name, self.span(ctx.file, var_tok), ctx, "loop variable")
@@ -592,8 +603,10 @@ class _Lowering:
         """Refuse one more level of loops and block uses past ``max_nesting``."""
         if ctx.depth >= self.limits.max_nesting:
             kw = "for" if st.data == "for_stmt" else "use"
+            at = self.span(ctx.file, st)
             raise self.limit("max_nesting", f"this `{kw}` is nested {ctx.depth + 1} deep in loops "
-                             "and block uses", self.span(ctx.file, st.children[0]), ctx=ctx)
+                             "and block uses", Span(at.file, at.line, at.col, at.line, at.col + 3),
+                             ctx=ctx)
 
     def body(self, stmts: list, ctx: _Ctx) -> None:
         """Statements of a loop or block body: local params in order, then everything else."""
@@ -800,8 +813,13 @@ class _Lowering:
         if len(s) > self.limits.max_number_chars:
             raise self.limit("max_number_chars", f"this number has {len(s):,} characters", span,
                              ctx=ctx)
-        v: Number = float(s) if any(c in s for c in ".eE") else int(s)
-        return self.checked(v, span, ctx)
+        if any(c in s for c in ".eE"):
+            return self.checked(float(s), span, ctx)
+        digits = len(s.lstrip("0"))
+        if digits > self.limits.max_integer.bit_length() * 0.302 + 2:  # too large to convert
+            raise self.limit("max_integer", f"the integer literal has {digits:,} digits", span,
+                             ctx=ctx)
+        return self.checked(int(s), span, ctx)
 
     def checked(self, v: Number, span: Span, ctx: _Ctx) -> Number:
         if isinstance(v, float) and not math.isfinite(v):
