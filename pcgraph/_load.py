@@ -7,10 +7,11 @@ and returned by ``check``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
 from lark.exceptions import VisitError
@@ -55,6 +56,22 @@ def check(path_or_text: str | os.PathLike, *, validate: bool = True,
           params: Mapping[str, float] | None = None) -> Checked:
     """Read, lower and (optionally) validate; never raises for problems in the model.
     ``params`` overrides ``param`` declarations of the file (see :func:`load`)."""
+    with _no_gc():  # a parse builds millions of acyclic objects: cyclic GC passes only cost
+        return _check(path_or_text, validate, params)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _check(path_or_text, validate: bool, params) -> Checked:
     try:
         text, file = _read(path_or_text)
         text = normalise_newlines(text)
@@ -66,6 +83,9 @@ def check(path_or_text: str | os.PathLike, *, validate: bool = True,
         model, sources = _parse(text, file)
     except PcgError as e:
         return Checked(None, list(e.diagnostics), {file: text, **e.sources})
+    except RecursionError:  # a safety net: every recursion is bounded by a limit
+        return Checked(None, [Diagnostic("error", "the model is nested too deeply to read",
+                                         Span(file, 1, 1, 1, 2), code="limit")], {file: text})
     diags: list[Diagnostic] = []
     if validate:
         validator = _validator()

@@ -14,10 +14,10 @@ iteration and every block expansion opens a child scope (loop variable, block ar
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +26,6 @@ from lark import Token, Tree
 
 from . import _limits
 from ._diagnostics import Diagnostic, PcgError, did_you_mean, normalise_newlines
-from ._syntax import read_source
 from ._ir import (
     EdgeIR,
     EnergyIR,
@@ -40,6 +39,7 @@ from ._ir import (
     TermIR,
     TransformIR,
 )
+from ._syntax import read_source
 
 __all__ = ["lower"]
 

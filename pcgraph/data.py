@@ -27,10 +27,10 @@ import math
 import os
 import pickle
 import tarfile
-import zlib
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence

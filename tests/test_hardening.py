@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import pcgraph
-from pcgraph import PcgError, data as D
+from pcgraph import PcgError
+from pcgraph import data as D
 from pcgraph._cli import main as cli_main
 from pcgraph._diagnostics import normalise_newlines
 from pcgraph._limits import Limits, current, limits, model_size, training_diagnostics
