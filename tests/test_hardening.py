@@ -428,3 +428,35 @@ def test_cli_option_errors_name_the_flag(tmp_path, capsys):
     assert main(base + ["--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoint.eqx").exists()
+
+
+def test_a_killed_run_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from pcgraph import _checkpoint as ck
+
+    path = tmp_path / "c.eqx"
+    script = (
+        "import sys, jax.numpy as jnp\n"
+        "from pcgraph import _checkpoint as ck\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        f"    ck.save({str(path)!r}, {{'w': jnp.full(2_000_000, float(i))}}, None, None, "
+        "{'epoch': i})\n"
+        "    print(i, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        for _ in range(3):  # some checkpoints written, then killed in the middle of another
+            assert proc.stdout.readline()
+        time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    import jax.numpy as jnp
+
+    net, _, _, meta = ck.load(path, {"w": jnp.zeros(2_000_000)})
+    assert meta["epoch"] >= 3 and float(net["w"][0]) == meta["epoch"]
