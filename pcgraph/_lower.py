@@ -473,7 +473,7 @@ class _Lowering:
     def edge_stmt(self, st: Tree, ctx: _Ctx) -> None:
         *chain, terms_tree = st.children
         ends = [self.endpoint(c, ctx) for c in chain[0::2]]
-        arrows = [str(a.children[0]) == "~>" for a in chain[1::2]]
+        arrows = [str(a) == "~>" for a in chain[1::2]]
         terms = tuple(self.term(t, ctx) for t in terms_tree.children)
         new = sum(len(a) * len(b) for a, b in zip(ends, ends[1:]))
         if len(self.out.edges) + len(self.out.amortised) + new > self.limits.max_edges:
@@ -488,9 +488,9 @@ class _Lowering:
                     (self.out.amortised if amortised else self.out.edges).append(e)
 
     def endpoint(self, t: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
-        if t.data == "group":
+        if isinstance(t, Tree) and t.data == "group":
             return self.names(t.children[0], ctx)
-        return [self.name(t.children[0], ctx)]
+        return [self.name(t, ctx)]
 
     def term(self, t: Tree, ctx: _Ctx) -> TermIR:
         opts: dict[str, tuple[Value, Span]] = {}
