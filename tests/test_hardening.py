@@ -460,3 +460,45 @@ def test_a_killed_run_leaves_the_previous_checkpoint_loadable(tmp_path):
 
     net, _, _, meta = ck.load(path, {"w": jnp.zeros(2_000_000)})
     assert meta["epoch"] >= 3 and float(net["w"][0]) == meta["epoch"]
+
+
+def _chain_model(n: int) -> str:
+    """A valid chain of ``n`` nodes, about 61 bytes a node (10 MB at 180,000 nodes)."""
+    lines = ["model big {", "  settings { steps = 5 }", "  node x: [16]"]
+    lines += [f"  node h{i:06d}: [16] act = relu" for i in range(1, n)]
+    lines.append("  x -> h000001 : dense")
+    lines += [f"  h{i - 1:06d} -> h{i:06d} : dense" for i in range(2, n)]
+    lines += ["  query train { clamp x }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_100_kB_model_checks_in_about_a_second():
+    text = _chain_model(1640)
+    assert 95_000 < len(text) < 100_000
+    pcgraph.check(SMALL)  # the parser is built once per process
+    t0 = time.process_time()
+    assert pcgraph.check(text).ok
+    # 0.9 s of CPU on the (heavily shared) development machine; far less on an idle one
+    assert time.process_time() - t0 < 2.0
+
+
+@pytest.mark.slow
+def test_check_is_linear_in_the_model_size():
+    """A 10 MB, 180,000-node model: time per byte as for a 1 MB one; memory under 1 GB."""
+    import subprocess
+    import sys
+
+    def run(n):
+        code = ("import resource, sys, time, pcgraph\n"
+                "text = sys.stdin.read()\n"
+                "t = time.process_time(); c = pcgraph.check(text); t = time.process_time() - t\n"
+                "print(c.ok, t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+        out = subprocess.run([sys.executable, "-c", code], input=_chain_model(n), text=True,
+                             capture_output=True, check=True).stdout.split()
+        return out[0] == "True", float(out[1]), int(out[2]) * 1024
+
+    ok1, t1, _ = run(18_000)
+    ok10, t10, rss10 = run(180_000)
+    assert ok1 and ok10
+    assert t10 < 15 * t1, (t1, t10)  # linear (10x the size), with slack for a busy machine
+    assert rss10 < 2**30, rss10
