@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from ._errors import Error
+
 __all__ = ["Limits", "LimitError", "current", "limits", "set_limits", "parse_assignments",
            "RAISE_HINT"]
 
@@ -77,7 +79,7 @@ RAISE_HINT = ("raise it with `pcgraph --limit {name}=N ...`, PCGRAPH_LIMITS=\"{n
               "`pcgraph.limits({name}=N)`")
 
 
-class LimitError(ValueError):
+class LimitError(Error, ValueError):
     """A limit was named or set wrongly (not: a model exceeds a limit; that is a diagnostic)."""
 
 
