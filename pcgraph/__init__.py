@@ -35,6 +35,9 @@ from ._ir import SettingsIR as SettingsIR
 from ._ir import Span as Span
 from ._ir import TermIR as TermIR
 from ._ir import TransformIR as TransformIR
+from ._limits import Limits as Limits
+from ._limits import limits as limits
+from ._limits import set_limits as set_limits
 from ._load import check as check
 from ._load import load as load
 from ._load import parse_model as parse_model
@@ -145,5 +148,5 @@ __all__ = [
     "Diagnostic", "EdgeIR", "EnergyIR", "Error", "ModelIR", "NodeIR", "ParamIR", "PcgError",
     "PriorIR", "QueryIR", "SettingsIR", "ShapeError", "Span", "TermIR", "TransformIR", "analyse",
     "check", "format_model", "init_plan", "load", "parse_model", "query_feasibility", "to_graph",
-    "validate", "__version__", *_LAZY,
+    "validate", "__version__", "Limits", "limits", "set_limits", *_LAZY,
 ]

@@ -2,11 +2,15 @@
 
 A checkpoint is a single file (``checkpoint.eqx`` by convention)::
 
-    PCGCKPT1\\n
-    {"...": "JSON metadata on one line"}\\n
-    <equinox.tree_serialise_leaves payload of (net, opt_state, state)>
+    PCGCKPT2\\n
+    {"...": "JSON metadata on one line", "payload_bytes": N}\\n
+    sha256:<64 hex digits>\\n
+    <equinox.tree_serialise_leaves payload of (net, opt_state, state): N bytes>
 
-One file, so the metadata can never disagree with the arrays. A readable copy of the metadata is
+One file, so the metadata can never disagree with the arrays. The SHA-256 covers the metadata
+line and the payload: a truncated file, appended bytes or a flipped bit anywhere is refused on
+load. Only JSON and equinox's array format (``numpy.load`` without pickles) are ever read, so a
+checkpoint cannot run code. A readable copy of the metadata is
 also written next to it (``checkpoint.json``); it is informational, ``load`` reads the header.
 
 Writes are atomic: the bytes go to a temporary file in the same directory, are flushed and
@@ -23,6 +27,9 @@ model, the init options, the batch size and the seed; ``like_state=None`` skips 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import json
 import os
 import tempfile
@@ -36,8 +43,10 @@ import numpy as np
 
 from ._errors import Error
 
-MAGIC = b"PCGCKPT1\n"
-FORMAT_VERSION = 1
+MAGIC = b"PCGCKPT2\n"
+OLD_MAGIC = b"PCGCKPT1\n"
+FORMAT_VERSION = 2
+MAX_HEADER_BYTES = 1 << 24  # the metadata line
 
 
 class CheckpointError(Error):
@@ -118,14 +127,19 @@ def save(path: str | os.PathLike, net: Any, opt_state: Any, state: Any, meta: di
     settings); numpy/JAX scalars and arrays in it are converted to JSON numbers/lists."""
     path = Path(path)
     meta = dict(_to_jsonable(meta))
-    meta.setdefault("format_version", FORMAT_VERSION)
+    meta["format_version"] = FORMAT_VERSION
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, _keys_to_data((net, opt_state, state)))
+    payload = buf.getvalue()
+    meta["payload_bytes"] = len(payload)
     header = json.dumps(meta, sort_keys=True, allow_nan=True).encode()
-    payload = _keys_to_data((net, opt_state, state))
+    digest = hashlib.sha256(header + b"\n" + payload).hexdigest()
 
     def write(f):
         f.write(MAGIC)
         f.write(header + b"\n")
-        eqx.tree_serialise_leaves(f, payload)
+        f.write(b"sha256:" + digest.encode() + b"\n")
+        f.write(payload)
 
     atomic_write(path, write)
     sidecar = path.with_suffix(".json")
@@ -140,14 +154,28 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 
 def _read_header(f, path) -> dict:
+    return _read_head(f, path)[0]
+
+
+def _read_head(f, path) -> tuple[dict, bytes, str]:
+    """(metadata, the metadata line, the recorded SHA-256) of an open checkpoint."""
     magic = f.read(len(MAGIC))
+    if magic == OLD_MAGIC:
+        raise CheckpointError(f"{path}: a checkpoint of format 1 (no content hash), written by an "
+                              "older pcgraph; train again to write a verifiable one")
     if magic != MAGIC:
         raise CheckpointError(f"{path}: not a pcgraph checkpoint (bad magic header)")
-    line = f.readline()
+    line = f.readline(MAX_HEADER_BYTES)
+    digest = f.readline(80)
+    if not line.endswith(b"\n") or not digest.startswith(b"sha256:") or len(digest) != 72:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint header")
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
+        meta = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("payload_bytes"), int):
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata (no payload size)")
+    return meta, line, digest[7:-1].decode("ascii", "replace")
 
 
 def load(
@@ -162,11 +190,27 @@ def load(
         raise CheckpointError(f"{path}: no such checkpoint")
     like = (like_net, like_opt_state, like_state)
     like_data = _keys_to_data(like)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
     with open(path, "rb") as f:
-        meta = _read_header(f, path)
+        meta, line, digest = _read_head(f, path)
+        size = meta["payload_bytes"]
+        if size < 0 or size > path.stat().st_size:
+            raise CheckpointError(f"{path}: truncated checkpoint (the header announces {size:,} "
+                                  "bytes of arrays; the file is shorter)")
+        payload = f.read(size + 1)
+    if len(payload) != size:
+        what = "truncated" if len(payload) < size else "has bytes appended"
+        raise CheckpointError(f"{path}: corrupt checkpoint ({what}: {len(payload):,}"
+                              f"{'+' if len(payload) > size else ''} bytes of arrays, the header "
+                              f"says {size:,})")
+    if not hmac.compare_digest(hashlib.sha256(line + payload).hexdigest(), digest):
+        raise CheckpointError(f"{path}: corrupt checkpoint (content hash mismatch: the file was "
+                              "changed after it was written)")
+    with io.BytesIO(payload) as f:
         try:
             loaded = eqx.tree_deserialise_leaves(f, like_data)
-        except Exception as e:  # truncated file, wrong structure
+        except Exception as e:  # wrong structure
             raise CheckpointError(
                 f"{path}: could not read the checkpoint arrays ({type(e).__name__}: {e}); "
                 "was it written for a different model or optimiser?"

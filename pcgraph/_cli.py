@@ -176,7 +176,12 @@ def run_fmt(args: argparse.Namespace) -> int:
         return 1
     from ._format import format_model
 
-    sys.stdout.write(format_model(loaded.model))
+    try:
+        text = format_model(loaded.model)
+    except ValueError as err:  # a value .pcg cannot spell (never from a checked file)
+        print(f"{args.file}: error: cannot format: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
     return 0
 
 
@@ -214,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcgraph", description="Predictive coding networks of any topology.")
     parser.add_argument("--version", action="version", version=f"pcgraph {__version__}")
+    parser.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                        help="raise (or lower) a size limit, e.g. --limit max_nodes=2000000 "
+                             "(repeatable; see pcgraph._limits.Limits for the names)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, cmd in commands().items():
@@ -226,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ._limits import LimitError, parse_assignments, set_limits
+
+    try:
+        set_limits(**parse_assignments(args.limit))
+    except LimitError as err:
+        print(f"error: --limit: {err}", file=sys.stderr)
+        return 2
     try:
         return int(_resolve(args._run)(args) or 0)
     except PcgError as err:  # a command that loads a model without catching

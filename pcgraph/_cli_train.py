@@ -221,6 +221,28 @@ def _init_kw(cli: dict) -> dict:
             "init_options": _pairs(cli.get("init_option"), "init-option")}
 
 
+def _preflight(model, cli: dict, epochs, seed) -> None:
+    """Steps, epochs, batch size, seed and the memory of a training step, checked against the
+    limits (``pcgraph._limits``) before the network is built; errors name the CLI flag."""
+    from ._diagnostics import PcgError, relabel
+    from ._limits import CLI_LABELS, training_diagnostics
+
+    s = model.settings
+    bad = training_diagnostics(
+        model, steps=cli["steps"] if cli["steps"] is not None else s.get("steps"),
+        epochs=epochs if epochs is not None else s.get("epochs"),
+        batch_size=cli["batch_size"] if cli["batch_size"] is not None else s.get("batch_size"),
+        seed=seed)
+    if bad:
+        print(relabel(PcgError(bad), CLI_LABELS).render(), file=sys.stderr)
+        raise CliError(f"cannot train {model.name}: see above")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e) or (
+        "Unable to allocate" in str(e))
+
+
 def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
@@ -366,7 +388,8 @@ def _train(args: argparse.Namespace) -> int:
         if cli.get("data_dir") is None:
             cli["data_dir"] = saved.get("data_dir")
     elif args.resume:
-        print(f"note: no checkpoint in {out}; starting from scratch", file=sys.stderr)
+        raise CliError(f"--resume: no checkpoint {ckpt_path}; leave out --resume to start a new "
+                       "run there")
 
     epochs = args.epochs if args.epochs is not None else (meta or {}).get("cli", {}).get("epochs")
     for name, v, ok in (("--epochs", epochs, lambda v: v >= 1),
@@ -397,6 +420,7 @@ def _train(args: argparse.Namespace) -> int:
     from ._divergence import TrainingDiverged
     from ._fit import TrainState, fit, fresh_carry, model_hash
 
+    _preflight(model, cli, epochs, seed)  # limits and memory, before anything is allocated
     try:
         net = build(model, seed=seed)
     except (ValueError, KeyError) as e:
@@ -422,8 +446,13 @@ def _train(args: argparse.Namespace) -> int:
         like_carry = fresh_carry(net, query=q, init=config.init, batch_size=config.batch_size,
                                  seed=seed, algorithm=config.algorithm)
     except PcgError as e:
-        print(str(e), file=sys.stderr)
-        raise CliError(f"cannot initialise {model.name}: see above", EXIT_MODEL) from None
+        from ._diagnostics import relabel
+        from ._limits import CLI_LABELS
+
+        print(relabel(e, CLI_LABELS).render(), file=sys.stderr)
+        options = all(d.span.line <= 0 for d in e.diagnostics)  # a bad flag, not the file
+        raise CliError(f"cannot initialise {model.name}: see above",
+                       EXIT_USAGE if options else EXIT_MODEL) from None
     except (ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
     cli["epochs"] = cfg["epochs"]
@@ -511,6 +540,12 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_MODEL
     except (D.DataError, ValueError, KeyError) as e:
         raise CliError(f"{type(e).__name__}: {e}") from None
+    except Exception as e:  # out of memory that slipped past the estimate
+        if not _out_of_memory(e):
+            raise
+        raise CliError(f"out of memory while training {model.name} (the last checkpoint, if "
+                       f"any, is in {out}): {str(e).splitlines()[0][:300]}; use a smaller "
+                       "--batch-size") from None
 
     final = result.final
     summary = {

@@ -21,8 +21,9 @@ class Diagnostic:
     code: str = ""  # a short stable identifier, e.g. "undefined-name"
 
     def render(self, sources: dict[str, str] | None = None) -> str:
-        """``file:line:col: error: message``, the source line, a caret, and the hint."""
-        head = f"{self.span}: {self.severity}: {self.message}"
+        """``file:line:col: error: message``, the source line, a caret, and the hint. A span
+        without a line (an option of the API or the command line) is labelled by its name."""
+        head = f"{where(self.span)}: {self.severity}: {self.message}"
         lines = [head]
         text = _source_line(self.span, sources)
         if text is not None:
@@ -47,6 +48,29 @@ class Diagnostic:
         }
 
 
+def where(span: Span) -> str:
+    """``file:line:col``, or just the label of a span that has no position (``--init``)."""
+    return str(span) if span.line > 0 else span.file
+
+
+def option_span(label: str) -> Span:
+    """The span of an option (``init_overrides`` of the API, ``--init-node`` of the CLI)."""
+    return Span(label, 0, 0, 0, 0)
+
+
+# every line break an editor counts (those of str.splitlines); "\r\n" is one break
+_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_TO_NEWLINE = str.maketrans({c: "\n" for c in _BREAKS})
+
+
+def normalise_newlines(text: str) -> str:
+    """``text`` with every line break made ``\\n``, length preserved (``\\r\\n`` becomes
+    `` \\n``), so that offsets are unchanged and the parser counts lines as editors do."""
+    if not any(c in text for c in _BREAKS):
+        return text
+    return text.replace("\r\n", " \n").translate(_TO_NEWLINE)
+
+
 def _source_line(span: Span, sources: dict[str, str] | None) -> str | None:
     if span.line <= 0:
         return None
@@ -55,10 +79,12 @@ def _source_line(span: Span, sources: dict[str, str] | None) -> str | None:
         text = sources[span.file]
     else:
         try:
-            text = Path(span.file).read_text()
-        except OSError:
+            text = Path(span.file).read_text(encoding="utf-8")
+        except (OSError, ValueError):
             return None
-    lines = text.splitlines()
+    if text is None:
+        return None
+    lines = normalise_newlines(text).split("\n")
     if span.line - 1 < len(lines):
         return lines[span.line - 1].expandtabs(1)
     return None
@@ -78,6 +104,14 @@ class PcgError(Error):
 
     def render(self) -> str:
         return render_all(self.diagnostics, self.sources)
+
+
+def relabel(err: PcgError, labels: dict[str, str]) -> PcgError:
+    """``err`` with option spans renamed (``init_overrides`` -> ``--init-node``)."""
+    diags = [d if d.span.line > 0 or d.span.file not in labels else
+             Diagnostic(d.severity, d.message, option_span(labels[d.span.file]), d.hint, d.code)
+             for d in err.diagnostics]
+    return PcgError(diags, err.sources)
 
 
 def render_all(diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None) -> str:

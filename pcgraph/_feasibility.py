@@ -24,7 +24,7 @@ from typing import Mapping
 
 import networkx as nx
 
-from ._diagnostics import Diagnostic, PcgError
+from ._diagnostics import Diagnostic, PcgError, option_span
 from ._graph import Edge, QueryGraph, cycle_text, natural_key
 from ._graph import analyse as analyse  # re-exported: the front end asks this module
 from ._graph import energy_graph as energy_graph
@@ -106,9 +106,9 @@ def _requests(model, query, overrides, default):
     for name, m in query.init:
         req[name] = (m, "query", spans.get(name, query.span))
     for name, m in (overrides or {}).items():
-        req[name] = (m, "override", NO_SPAN)
+        req[name] = (m, "override", option_span("init_overrides"))
     glob = default if default is not None else model.settings.get("init")
-    return req, glob
+    return req, glob, (option_span("init") if default is not None else model.settings.span)
 
 
 def plan_with_problems(
@@ -120,7 +120,7 @@ def plan_with_problems(
     """The init plan and the requests it could not honour (never raises)."""
     query = _query(model, query)
     a = QueryGraph(model, query)
-    req, glob = _requests(model, query, overrides, default)
+    req, glob, glob_span = _requests(model, query, overrides, default)
     plan: dict[str, str] = {}
     problems: list[PlanProblem] = []
     # sources of amortised edges into each node
@@ -134,7 +134,7 @@ def plan_with_problems(
         if v in a.clamped:
             plan[v] = "clamped"
             continue
-        method, origin, span = req.get(v, (glob, "default", model.settings.span))
+        method, origin, span = req.get(v, (glob, "default", glob_span))
         if method == "auto":
             auto_nodes.append(v)
             continue
@@ -174,6 +174,11 @@ def init_plan(
     API), the query's ``init node = m``, the node's own ``init = m``, then ``default`` (the API) or
     the model setting ``init``. ``auto`` resolves per node (module docstring). Raises ``PcgError``
     when forward is requested where Prop. 3.2 forbids it, or amortised without a ``~>`` edge."""
+    from ._validate import override_diagnostics
+
+    bad = override_diagnostics(model, _query(model, query), overrides)
+    if bad:
+        raise PcgError(bad)
     plan, problems = plan_with_problems(model, query, overrides, default)
     if problems:
         raise PcgError(plan_diagnostics(model, _query(model, query), problems))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import equinox as eqx
 import jax
 
+from . import _limits
 from . import data as _data
 from ._binding import TrainData
 from ._config import Config, GradientDescent, Initialisation, resolve_config
@@ -165,6 +166,9 @@ def fit(
     Raises :class:`TrainingDiverged` when the energy/loss becomes non-finite,
     ``data.DataShapeError`` before compiling when the data does not fit the nodes."""
     config = _config(net, config, settings)
+    _limits.check_training(net.plan.model, {"steps": getattr(config.inference, "steps", None),
+                                            "epochs": config.epochs,
+                                            "batch_size": config.batch_size}, seed)
     train = TrainData.of(net, data, query, test_query)  # binds and checks before compiling
     steps_per_epoch = train.n_train // config.batch_size
     if steps_per_epoch == 0:

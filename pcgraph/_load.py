@@ -7,17 +7,19 @@ and returned by ``check``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
 from lark.exceptions import VisitError
 
-from ._diagnostics import Diagnostic, PcgError
+from ._diagnostics import Diagnostic, PcgError, normalise_newlines, option_span
 from ._ir import ModelIR, Span
 from ._lower import lower
-from ._syntax import parse
+from ._syntax import parse, read_source
 
 __all__ = ["parse_model", "load", "check", "Checked"]
 
@@ -54,8 +56,25 @@ def check(path_or_text: str | os.PathLike, *, validate: bool = True,
           params: Mapping[str, float] | None = None) -> Checked:
     """Read, lower and (optionally) validate; never raises for problems in the model.
     ``params`` overrides ``param`` declarations of the file (see :func:`load`)."""
+    with _no_gc():  # a parse builds millions of acyclic objects: cyclic GC passes only cost
+        return _check(path_or_text, validate, params)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _check(path_or_text, validate: bool, params) -> Checked:
     try:
         text, file = _read(path_or_text)
+        text = normalise_newlines(text)
         if params:
             text = override_params(text, file, params)
     except PcgError as e:
@@ -64,6 +83,9 @@ def check(path_or_text: str | os.PathLike, *, validate: bool = True,
         model, sources = _parse(text, file)
     except PcgError as e:
         return Checked(None, list(e.diagnostics), {file: text, **e.sources})
+    except RecursionError:  # a safety net: every recursion is bounded by a limit
+        return Checked(None, [Diagnostic("error", "the model is nested too deeply to read",
+                                         Span(file, 1, 1, 1, 2), code="limit")], {file: text})
     diags: list[Diagnostic] = []
     if validate:
         validator = _validator()
@@ -107,13 +129,13 @@ def override_params(text: str, file: str, params: Mapping[str, float]) -> str:
     if unknown:
         known = ", ".join(spans) or "none"
         raise PcgError([Diagnostic("error", f"no param {', '.join(map(repr, unknown))} to override "
-                                   f"in {file} (declared: {known})", Span(file, 0, 0),
+                                   f"in {file} (declared: {known})", option_span("params"),
                                    code="param-override")])
     for name, (a, b) in sorted(((k, spans[k]) for k in params), key=lambda kv: -kv[1][0]):
         v = params[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise PcgError([Diagnostic("error", f"param {name!r} must be a number, got {v!r}",
-                                       Span(file, 0, 0), code="param-override")])
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise PcgError([Diagnostic("error", f"param {name!r} must be a finite number, got "
+                                       f"{v!r}", option_span("params"), code="param-override")])
         text = text[:a] + repr(v) + text[b:]
     return text
 
@@ -128,12 +150,7 @@ def _read(path_or_text: str | os.PathLike) -> tuple[str, str]:
         and (path_or_text.endswith(".pcg") or os.path.isfile(path_or_text))
     ):
         file = os.fspath(path_or_text)
-        try:
-            return Path(file).read_text(encoding="utf-8"), file
-        except (OSError, UnicodeDecodeError) as e:
-            reason = "no such file" if isinstance(e, FileNotFoundError) else str(e)
-            raise PcgError([Diagnostic("error", f"cannot read {file}: {reason}",
-                                       Span(file, 0, 0), code="io")]) from None
+        return read_source(file), file
     return str(path_or_text), "<string>"
 
 

@@ -14,6 +14,8 @@ iteration and every block expansion opens a child scope (loop variable, block ar
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from typing import Callable
 
 from lark import Token, Tree
 
-from ._diagnostics import Diagnostic, PcgError, did_you_mean
+from . import _limits
+from ._diagnostics import Diagnostic, PcgError, did_you_mean, normalise_newlines
 from ._ir import (
     EdgeIR,
     EnergyIR,
@@ -36,10 +39,10 @@ from ._ir import (
     TermIR,
     TransformIR,
 )
+from ._syntax import read_source
 
-__all__ = ["lower", "MAX_ITERATIONS"]
+__all__ = ["lower"]
 
-MAX_ITERATIONS = 100_000  # per loop; a .pcg file is a description, not a program
 TERM_OPTIONS = ("pre", "bias", "init")  # keyword arguments that belong to the term, not the transform
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 Number = int | float
@@ -48,6 +51,10 @@ Value = int | float | bool | str
 
 class _Fail(Exception):
     """A diagnostic has been recorded; abandon the current statement."""
+
+
+class _Abort(Exception):
+    """A limit has been exceeded (and recorded): stop lowering, before more is allocated."""
 
 
 @dataclass
@@ -109,9 +116,11 @@ class _Ctx:
     file: str
     scope: _Scope
     trace: tuple[tuple[str, Span], ...] = ()
+    depth: int = 0  # for loops and block uses around these statements
+    mult: int = 1  # how many times these statements run (product of the enclosing loop sizes)
 
     def child(self, **kw) -> "_Ctx":
-        return _Ctx(kw.get("file", self.file), kw.get("scope", self.scope), kw.get("trace", self.trace))
+        return dataclasses.replace(self, **kw)
 
 
 @dataclass
@@ -135,8 +144,13 @@ def lower(
     of the file and of every included file. Raises ``PcgError`` with every problem found."""
     if parse is None:
         from ._syntax import parse
+    if text is not None:
+        text = normalise_newlines(text)
     low = _Lowering(file, text, parse)
-    model = low.run(tree)
+    try:
+        model = low.run(tree)
+    except _Abort:
+        model = None
     if low.diags:
         diags = sorted(dict.fromkeys(low.diags), key=lambda d: (d.span.file != file, d.span))
         raise PcgError(diags, low.sources)
@@ -156,6 +170,13 @@ class _Lowering:
         self.include_stack: list[Path] = []
         self.included: set[Path] = set()
         self.active_blocks: list[str] = []
+        self.limits = _limits.current()
+        self.iterations = 0  # loop iterations run so far, all loops together
+
+    def limit(self, name: str, what: str, span: Span, ctx: _Ctx | None = None) -> _Abort:
+        msg, hint = _limits.exceeded(name, what)
+        self.error(msg, span, hint=hint, code="limit", ctx=ctx)
+        return _Abort()
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def error(self, message: str, span: Span, hint: str | None = None, code: str = "lower",
@@ -243,12 +264,18 @@ class _Lowering:
                              code="include")
         if target in self.included:
             return  # already pulled in (a diamond of includes): once is enough
+        if not rel.endswith(".pcg"):  # never read (nor echo into an error) other files
+            raise self.error(f"include {rel!r} is not a .pcg file", span,
+                             hint="only .pcg files can be included", code="include")
+        if len(self.include_stack) > self.limits.max_include_depth:
+            raise self.limit("max_include_depth", f"include {rel!r} is {len(self.include_stack)}"
+                             " files deep", span)
         display = os.path.normpath(str(base_file.parent / rel)) if base_file.is_file() else os.path.normpath(rel)
         try:
-            text = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            reason = "no such file" if isinstance(e, FileNotFoundError) else str(e)
-            raise self.error(f"cannot include {rel!r}: {reason}", span, code="include")
+            text = read_source(target, span)
+        except PcgError as e:
+            msg = e.diagnostics[0].message.replace(f"cannot read {target}", f"cannot include {rel!r}")
+            raise self.error(msg, span, hint=e.diagnostics[0].hint, code="include")
         self.included.add(target)
         self.sources[display] = text
         try:
@@ -383,6 +410,13 @@ class _Lowering:
                 raise self.error(f"a shape holds positive integers; this is {d!r}",
                                  self.span(ctx.file, e), hint=hint, code="bad-shape", ctx=ctx)
             dims.append(d)
+        if math.prod(dims) > self.limits.max_node_elements:
+            raise self.limit("max_node_elements", f"shape {dims} has {math.prod(dims):,} "
+                             "elements", self.span(ctx.file, shape), ctx=ctx)
+        if len(self.out.nodes) + len(names) > self.limits.max_nodes:
+            raise self.limit("max_nodes", "this declaration takes the model to "
+                             f"{len(self.out.nodes) + len(names):,} nodes",
+                             self.span(ctx.file, st), ctx=ctx)
         kw: dict = {}
         for o in opts:
             key_tok, val = o.children
@@ -439,8 +473,13 @@ class _Lowering:
     def edge_stmt(self, st: Tree, ctx: _Ctx) -> None:
         *chain, terms_tree = st.children
         ends = [self.endpoint(c, ctx) for c in chain[0::2]]
-        arrows = [str(a.children[0]) == "~>" for a in chain[1::2]]
+        arrows = [str(a) == "~>" for a in chain[1::2]]
         terms = tuple(self.term(t, ctx) for t in terms_tree.children)
+        new = sum(len(a) * len(b) for a, b in zip(ends, ends[1:]))
+        if len(self.out.edges) + len(self.out.amortised) + new > self.limits.max_edges:
+            raise self.limit("max_edges", "this statement takes the model to "
+                             f"{len(self.out.edges) + len(self.out.amortised) + new:,} edges",
+                             self.span(ctx.file, st), ctx=ctx)
         for (srcs, dsts), amortised in zip(zip(ends, ends[1:]), arrows):
             for src, s_span in srcs:
                 for dst, d_span in dsts:
@@ -449,9 +488,9 @@ class _Lowering:
                     (self.out.amortised if amortised else self.out.edges).append(e)
 
     def endpoint(self, t: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
-        if t.data == "group":
+        if isinstance(t, Tree) and t.data == "group":
             return self.names(t.children[0], ctx)
-        return [self.name(t.children[0], ctx)]
+        return [self.name(t, ctx)]
 
     def term(self, t: Tree, ctx: _Ctx) -> TermIR:
         opts: dict[str, tuple[Value, Span]] = {}
@@ -541,15 +580,33 @@ class _Lowering:
             raise self.error(f"range {lo}..{hi} runs backwards", rng,
                              hint=f"ranges count up and include both ends; {lo}..{lo - 1} is empty",
                              code="bad-range", ctx=ctx)
-        if hi - lo + 1 > MAX_ITERATIONS:
-            raise self.error(f"range {lo}..{hi} has {hi - lo + 1} iterations; the limit is "
-                             f"{MAX_ITERATIONS}", rng, code="bad-range", ctx=ctx)
+        n = hi - lo + 1
+        runs = n * ctx.mult  # this loop's iterations, repeated by the loops around it
+        if runs > self.limits.max_iterations:
+            inner = f" ({n:,} times {ctx.mult:,} runs of the loops around it)" if ctx.mult > 1 else ""
+            raise self.limit("max_iterations", f"range {lo}..{hi} makes {runs:,} loop iterations"
+                             f"{inner}", rng, ctx=ctx)
+        if self.iterations + n > self.limits.max_iterations:
+            raise self.limit("max_iterations", f"range {lo}..{hi} takes the loops to "
+                             f"{self.iterations + n:,} iterations in total", rng, ctx=ctx)
+        self.nest(ctx, st)
         name = str(var_tok)
         self.check_free(name, self.span(ctx.file, var_tok), ctx, "loop variable")
+        inner_ctx = ctx.child(depth=ctx.depth + 1, mult=ctx.mult * max(n, 1))
         for i in range(lo, hi + 1):
+            self.iterations += 1
             scope = _Scope(ctx.scope)
             scope.vars[name] = _Var(i, "loop", self.span(ctx.file, var_tok), used=True)
-            self.body(body, ctx.child(scope=scope))
+            self.body(body, inner_ctx.child(scope=scope))
+
+    def nest(self, ctx: _Ctx, st: Tree) -> None:
+        """Refuse one more level of loops and block uses past ``max_nesting``."""
+        if ctx.depth >= self.limits.max_nesting:
+            kw = "for" if st.data == "for_stmt" else "use"
+            at = self.span(ctx.file, st)
+            raise self.limit("max_nesting", f"this `{kw}` is nested {ctx.depth + 1} deep in loops "
+                             "and block uses", Span(at.file, at.line, at.col, at.line, at.col + 3),
+                             ctx=ctx)
 
     def body(self, stmts: list, ctx: _Ctx) -> None:
         """Statements of a loop or block body: local params in order, then everything else."""
@@ -625,9 +682,11 @@ class _Lowering:
             if isinstance(v, str) and (close := did_you_mean(v, known)):
                 note = f"{v!r} is not a parameter; {close}"
             scope.vars[p] = _Var(v, "arg", block.span, used=True, note=note)
+        self.nest(ctx, st)
         self.active_blocks.append(name)
         try:
-            self.body(block.body, _Ctx(block.file, scope, ctx.trace + ((name, span),)))
+            self.body(block.body, _Ctx(block.file, scope, ctx.trace + ((name, span),),
+                                       ctx.depth + 1, ctx.mult))
         finally:
             self.active_blocks.pop()
 
@@ -698,11 +757,36 @@ class _Lowering:
 
     def eval(self, t, ctx: _Ctx, names: bool = False) -> Value:
         """Evaluate an expression tree to a number (or, with ``names``, a block's name argument
-        when the expression is just that argument)."""
+        when the expression is just that argument). Iterative, so that no expression can exhaust
+        the Python stack; nesting deeper than ``max_expr_depth`` is refused."""
+        if t.data in ("number", "var", "string"):
+            return self.leaf(t, ctx, names)
+        limit = self.limits.max_expr_depth
+        todo: list[tuple[Tree, int, bool]] = [(t, 1, False)]
+        values: list[Value] = []
+        while todo:
+            node, depth, ready = todo.pop()
+            kind = node.data
+            if ready:
+                if kind in ("neg", "pos"):
+                    values.append(self.unary(kind, values.pop(), node, ctx))
+                else:
+                    b = values.pop()
+                    values.append(self.binary(kind, values.pop(), b, node, ctx))
+            elif kind in ("number", "var", "string"):
+                values.append(self.leaf(node, ctx, False))
+            else:
+                if depth > limit:
+                    raise self.limit("max_expr_depth", f"this expression is nested over {limit} "
+                                     "deep", self.span(ctx.file, t), ctx=ctx)
+                todo.append((node, depth, True))
+                todo.extend((c, depth + 1, False) for c in reversed(node.children))
+        return values[0]
+
+    def leaf(self, t: Tree, ctx: _Ctx, names: bool) -> Value:
         kind = t.data
         if kind == "number":
-            s = str(t.children[0])
-            return float(s) if any(c in s for c in ".eE") else int(s)
+            return self.literal(t.children[0], ctx)
         if kind == "var":
             tok = t.children[0]
             name = str(tok)
@@ -719,29 +803,59 @@ class _Lowering:
                                  self.span(ctx.file, tok), hint=var.note, code="bad-value",
                                  ctx=ctx)
             return var.value
-        if kind == "string":
-            raise self.error("a string is not a number", self.span(ctx.file, t), code="bad-value",
+        raise self.error("a string is not a number", self.span(ctx.file, t), code="bad-value",
+                         ctx=ctx)
+
+    def literal(self, tok: Token, ctx: _Ctx) -> Number:
+        """A number token, read safely: bounded length, finite, integers within ``max_integer``."""
+        s = str(tok)
+        span = self.span(ctx.file, tok)
+        if len(s) > self.limits.max_number_chars:
+            raise self.limit("max_number_chars", f"this number has {len(s):,} characters", span,
                              ctx=ctx)
-        if kind in ("neg", "pos"):
-            v = self.eval(t.children[0], ctx)
-            return -v if kind == "neg" else +v  # type: ignore[operator]
-        a, b = (self.eval(c, ctx) for c in t.children)
-        if isinstance(a, bool) or isinstance(b, bool):
-            raise self.error("true/false are not numbers", self.span(ctx.file, t),
+        if any(c in s for c in ".eE"):
+            return self.checked(float(s), span, ctx)
+        digits = len(s.lstrip("0"))
+        if digits > self.limits.max_integer.bit_length() * 0.302 + 2:  # too large to convert
+            raise self.limit("max_integer", f"the integer literal has {digits:,} digits", span,
+                             ctx=ctx)
+        return self.checked(int(s), span, ctx)
+
+    def checked(self, v: Number, span: Span, ctx: _Ctx) -> Number:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise self.error(f"this number is not finite ({v!r})", span,
+                             hint="numbers must be finite; check for overflow (e.g. 1e999)",
+                             code="non-finite", ctx=ctx)
+        if isinstance(v, int) and abs(v) > self.limits.max_integer:
+            raise self.limit("max_integer", f"the integer {v:.6g} is too large", span, ctx=ctx)
+        return v
+
+    def unary(self, kind: str, v: Value, node: Tree, ctx: _Ctx) -> Value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.error("true/false are not numbers" if isinstance(v, bool)
+                             else f"{v!r} is not a number", self.span(ctx.file, node),
                              code="bad-value", ctx=ctx)
+        return -v if kind == "neg" else +v
+
+    def binary(self, kind: str, a: Value, b: Value, node: Tree, ctx: _Ctx) -> Value:
+        span = self.span(ctx.file, node)
+        if isinstance(a, bool) or isinstance(b, bool):
+            raise self.error("true/false are not numbers", span, code="bad-value", ctx=ctx)
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            raise self.error("names are not numbers", span, code="bad-value", ctx=ctx)
         if kind == "add":
-            return a + b
+            return self.checked(a + b, span, ctx)
         if kind == "sub":
-            return a - b
+            return self.checked(a - b, span, ctx)
         if kind == "mul":
-            return a * b
+            return self.checked(a * b, span, ctx)
         if b == 0:
-            raise self.error(f"division by zero in {self._OPS[kind]!r}", self.span(ctx.file, t),
+            raise self.error(f"division by zero in {self._OPS[kind]!r}", span,
                              code="division-by-zero", ctx=ctx)
         if kind == "div":  # ints stay ints when the division is exact
             if isinstance(a, int) and isinstance(b, int) and a % b == 0:
                 return a // b
-            return a / b
+            return self.checked(a / b, span, ctx)
         if kind == "floordiv":
-            return a // b
-        return a % b
+            return self.checked(a // b, span, ctx)
+        return self.checked(a % b, span, ctx)

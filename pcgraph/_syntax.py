@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
 import re
+import stat
 from pathlib import Path
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from ._diagnostics import Diagnostic, PcgError
+from . import _limits
+from ._diagnostics import Diagnostic, PcgError, normalise_newlines
 from ._ir import Span
 
-__all__ = ["parse", "grammar_path", "parser"]
+__all__ = ["parse", "grammar_path", "parser", "read_source"]
 
 _REPO_GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "pcg.lark"
 
@@ -50,7 +53,16 @@ def parser() -> Lark:
 
 
 def parse(text: str, file: str = "<string>") -> Tree:
-    """Parse ``.pcg`` text; raise ``PcgError`` (one diagnostic, never a lark traceback)."""
+    """Parse ``.pcg`` text; raise ``PcgError`` (one diagnostic, never a lark traceback).
+
+    Line breaks are counted as editors count them (``\\r\\n``, ``\\r``, form feeds, Unicode
+    separators: see ``normalise_newlines``); positions refer to the normalised text."""
+    text = normalise_newlines(text)
+    lim = _limits.current()
+    if len(text) > lim.max_file_bytes:
+        msg, hint = _limits.exceeded("max_file_bytes", f"{file} has {len(text):,} characters")
+        raise PcgError([Diagnostic("error", msg, Span(file, 1, 1, 1, 2), hint, "limit")],
+                       {file: text})
     try:
         tree = parser().parse(text, start="start")
     except UnexpectedInput as e:
@@ -60,6 +72,49 @@ def parse(text: str, file: str = "<string>") -> Tree:
     if diags:
         raise PcgError(diags, {file: text})
     return tree
+
+
+def read_source(path: str | os.PathLike, span: Span | None = None) -> str:
+    """The text of the ``.pcg`` file ``path``, line breaks normalised. Only a regular file is
+    read (never a FIFO, device or directory, which could block or never end), and only up to the
+    ``max_file_bytes`` limit. Raises ``PcgError`` located at ``span`` (default: the file)."""
+    file = os.fspath(path)
+    where = span or Span(file, 0, 0)
+
+    def fail(msg: str, hint: str | None = None, code: str = "io"):
+        return PcgError([Diagnostic("error", msg, where, hint, code)])
+
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise fail(f"cannot read {file}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise fail(f"cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise fail(f"cannot read {file}: {kind}", "give a .pcg file")
+    limit = _limits.current().max_file_bytes
+    if st.st_size > limit:
+        msg, hint = _limits.exceeded("max_file_bytes", f"{file} has {st.st_size:,} bytes")
+        raise fail(msg, hint, "limit")
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since the stat
+                raise fail(f"cannot read {file}: not a regular file")
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise fail(f"cannot read {file}: {e.strerror or e}") from None
+    if len(data) > limit:
+        msg, hint = _limits.exceeded("max_file_bytes", f"{file} has over {limit:,} bytes")
+        raise fail(msg, hint, "limit")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise fail(f"cannot read {file}: not UTF-8 text (byte {e.start}, line {line})",
+                   "save the file as UTF-8") from None
+    return normalise_newlines(text)
 
 
 # ---- interpolated names ----------------------------------------------------------------------
@@ -75,6 +130,11 @@ def _expand_interpolations(tree: Tree, text: str, file: str, diags: list[Diagnos
                     sub.children[i] = _iname(child, file)
                 except PcgError as e:
                     diags.extend(e.diagnostics)
+                    if len(diags) >= _MAX_REPORTED:
+                        return
+
+
+_MAX_REPORTED = 100  # syntax errors inside names reported at most
 
 
 def _iname(tok: Token, file: str) -> Tree:
@@ -94,20 +154,46 @@ def _iname(tok: Token, file: str) -> Tree:
                             hint="put a loop variable or parameter inside, e.g. h{i}",
                             code="syntax")]
             )
-        # pad so that lark reports the expression's true line and column
-        padded = "\n" * (tok.line - 1) + " " * (col - 1) + inner
         try:
-            parts.append(parser().parse(padded, start="expr"))
-        except UnexpectedInput as e:
-            raise PcgError([_diagnose(e, padded, file, inside_name=True)]) from None
+            parts.append(_shifted(parser().parse(inner, start="expr"), tok, col))
+        except UnexpectedInput:
+            # pad so that lark reports the expression's true line and column (errors only)
+            padded = "\n" * (tok.line - 1) + " " * (col - 1) + inner
+            try:
+                parser().parse(padded, start="expr")
+            except UnexpectedInput as e:
+                raise PcgError([_diagnose(e, padded, file, inside_name=True)]) from None
+            raise  # pragma: no cover - the padded text parses as the bare one does
         pos = m.end()
     if pos < len(s):
         parts.append(Token("TEXT", s[pos:]))
     t = Tree("iname", parts)
     m = t.meta
     m.line, m.column, m.end_line, m.end_column = tok.line, tok.column, tok.end_line, tok.end_column
+    m.start_pos, m.end_pos = tok.start_pos, tok.end_pos
     m.empty = False
     return t
+
+
+def _shifted(tree: Tree, tok: Token, col: int) -> Tree:
+    """Positions of an expression parsed on its own moved to where it sits in the name ``tok``
+    (an interpolation is on one line, the name's, starting at column ``col``)."""
+    dc, dp = col - 1, tok.start_pos + (col - tok.column)
+
+    def move(x) -> None:
+        x.line = x.end_line = tok.line
+        x.column += dc
+        x.end_column += dc
+        x.start_pos += dp
+        x.end_pos += dp
+
+    for sub in tree.iter_subtrees():
+        if not getattr(sub.meta, "empty", True):
+            move(sub.meta)
+        for c in sub.children:
+            if isinstance(c, Token):
+                move(c)
+    return tree
 
 
 # ---- syntax errors -----------------------------------------------------------------------------
@@ -141,6 +227,8 @@ def _found(tok: Token) -> str:
 
 def _alternatives(items: list[str]) -> str:
     items = list(dict.fromkeys(items))
+    if not items:
+        return "something else"
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
@@ -231,6 +319,8 @@ def _diagnose(e: UnexpectedInput, text: str, file: str, inside_name: bool = Fals
                f"found {_found(tok)}")
     elif exp == {"LSQB"}:
         msg = f"expected a shape like [784] or [3,32,32]{after}, found {_found(tok)}"
+    elif inside_name:
+        msg = f"expected an operator or '}}'{after}, found {_found(tok)}"
     else:
         msg = f"expected {_expected(exp)}{after}, found {_found(tok)}"
     if inside_name:
@@ -308,10 +398,16 @@ def _prev_token_text(text: str, pos: int) -> str | None:
     p = _prev_position(text, pos)
     if p is None:
         return None
-    line = _code_lines(text[:pos])[p[0] - 1][: p[1] - 1]
-    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*(\{[^{}]*\}[A-Za-z0-9_]*)*|[0-9.]+|->|~>|\|>|//|\.\.|\S)$",
-                  line)
-    return m.group(1) if m else None
+    line = _code_lines(text[:pos])[p[0] - 1][: p[1] - 1][-_TAIL:]
+    last = None
+    for last in _TOKEN.finditer(line):  # forward, so linear (a backwards search backtracks)
+        pass
+    return last.group() if last else None
+
+
+_TAIL = 4096  # characters of a line looked at for the token before an error
+_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\{[^{}]*\}[A-Za-z0-9_]*)*|[0-9.]+|->|~>|\|>|//"
+                    r"|\.\.|\S")
 
 
 def _line_before(text: str, tok: Token) -> str:

@@ -10,13 +10,15 @@ activation, a setting's key or a name inside an edge is located within the span 
 
 from __future__ import annotations
 
+import bisect
+import math
 import re
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import networkx as nx
 
-from ._diagnostics import Diagnostic, did_you_mean
+from . import _limits
+from ._diagnostics import Diagnostic, did_you_mean, normalise_newlines, option_span
 from ._feasibility import (
     energy_graph,
     name_list,
@@ -26,14 +28,16 @@ from ._feasibility import (
 )
 from ._graph import natural_key
 from ._ir import NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
-from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, resolve_chain
 from ._registry import ACTIVATIONS, DEFAULT_SETTINGS, INIT_METHODS, ENERGIES, PRIORS, SETTINGS, WEIGHT_INITS
+from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, param_shapes, resolve_chain
 
 # allowed values of string settings (the registry's); other settings are typed by their default
 SETTING_CHOICES: dict[str, frozenset[str]] = {
     k: frozenset(s.choices) for k, s in SETTINGS.items() if s.choices is not None}
 _NONNEGATIVE = {k for k, s in SETTINGS.items() if s.minimum == "nonnegative"}
 _POSITIVE = {k for k, s in SETTINGS.items() if s.minimum == "positive"}
+_UPPER = {"steps": "max_steps", "epochs": "max_epochs", "batch_size": "max_batch_size",
+          "seed": "max_seed"}  # integer settings bounded by a limit
 
 
 def validate(model: ModelIR, sources: Mapping[str, str] | None = None) -> list[Diagnostic]:
@@ -55,6 +59,9 @@ class _Validator:
         self.nodes = {}  # first declaration of each name
         for n in model.nodes:
             self.nodes.setdefault(n.name, n)
+        self.limits = _limits.current()
+        self.n_params = 0  # trainable parameters counted so far
+        self._starts: dict[str, list[int]] = {}  # line start offsets of each source
 
     # ------------------------------------------------------------------ helpers
     def error(self, code, msg, span, hint=None):
@@ -65,11 +72,28 @@ class _Validator:
 
     def _text(self, file: str) -> str | None:
         if file not in self.sources:
+            from ._syntax import read_source
+
             try:
-                self.sources[file] = Path(file).read_text()
-            except (OSError, ValueError):
+                self.sources[file] = read_source(file)
+            except Exception:  # noqa: BLE001 - positions are only sharpened when it reads
                 self.sources[file] = None
-        return self.sources[file]
+        text = self.sources[file]
+        if text is not None and file not in self._starts:
+            text = self.sources[file] = normalise_newlines(text)
+            self._starts[file] = [0] + [m.end() for m in re.finditer("\n", text)]
+        return text
+
+    def _offset(self, file: str, line: int, col: int) -> int:
+        starts = self._starts[file]
+        if line - 1 >= len(starts):
+            return len(self.sources[file])
+        return starts[max(line, 1) - 1] + col - 1
+
+    def _line_col(self, file: str, i: int) -> tuple[int, int]:
+        starts = self._starts[file]
+        line = bisect.bisect_right(starts, i)
+        return line, i - starts[line - 1] + 1
 
     def locate(self, span: Span, word: str, nth: int = 0) -> Span:
         """The ``nth`` occurrence of ``word`` (a whole word) inside ``span``, or ``span`` itself."""
@@ -78,8 +102,9 @@ class _Validator:
         text = self._text(span.file)
         if not text:
             return span
-        start = _offset(text, span.line, span.col)
-        end = _offset(text, span.end_line, span.end_col) if span.end_line >= span.line else start
+        start = self._offset(span.file, span.line, span.col)
+        end = (self._offset(span.file, span.end_line, span.end_col) if span.end_line >= span.line
+               else start)
         pat = re.compile(r"(?<![\w.])" + re.escape(word) + r"(?![\w])")
         hits = list(pat.finditer(text, start, max(end, start)))
         if len(hits) <= nth:  # the span may cover only a name: look on along its last line
@@ -87,9 +112,7 @@ class _Validator:
             hits = list(pat.finditer(text, start, len(text) if eol < 0 else eol))
         if len(hits) <= nth:
             return span
-        i = hits[nth].start()
-        line = text.count("\n", 0, i) + 1
-        col = i - (text.rfind("\n", 0, i) + 1) + 1
+        line, col = self._line_col(span.file, hits[nth].start())
         return Span(span.file, line, col, line, col + len(word))
 
     def role_spans(self, q: QueryIR) -> dict[tuple[str, str], list[Span]]:
@@ -106,8 +129,9 @@ class _Validator:
             role = None
             text = self._text(span.file) if span.line > 0 else None
             if text:
-                off = _offset(text, span.line, span.col)
-                lo = _offset(text, q.span.line, q.span.col) if q.span.file == span.file else 0
+                off = self._offset(span.file, span.line, span.col)
+                lo = (self._offset(span.file, q.span.line, q.span.col) if q.span.file == span.file
+                      else 0)
                 hits = kw.findall(text, max(0, min(lo, off)), off)
                 role = hits[-1] if hits else None
             if role is None and i < len(order) and order[i][1] == name:
@@ -247,7 +271,8 @@ class _Validator:
             return
         src, dst = self.nodes[e.src], self.nodes[e.dst]
         try:
-            resolve_chain(term.chain, tuple(src.shape), tuple(dst.shape))
+            steps = resolve_chain(term.chain, tuple(src.shape), tuple(dst.shape))
+            self.count_params(e, steps, term.bias)
         except ShapeError as err:
             t = err.transform
             where = t.span if t is not None and t.span.line > 0 else span
@@ -259,6 +284,18 @@ class _Validator:
             )
         except Exception as err:  # a malformed argument the shape rules did not anticipate
             self.error("shape-mismatch", f"{_edge(e)}: {err}", span)
+
+    def count_params(self, e: EdgeIR, steps, bias: bool) -> None:
+        """Add the parameters of a term; the edge that takes the model over ``max_params`` is
+        reported (once)."""
+        before = self.n_params
+        for step in steps:
+            self.n_params += sum(math.prod(s) for s in param_shapes(step, bias).values())
+        limit = self.limits.max_params
+        if before <= limit < self.n_params:
+            msg, hint = _limits.exceeded(
+                "max_params", f"{_edge(e)} takes the model to {self.n_params:,} parameters")
+            self.error("limit", msg, e.span, hint)
 
     def check_energy_structure(self) -> None:
         G = energy_graph(self.m)
@@ -309,6 +346,8 @@ class _Validator:
             else:  # float: ints are fine
                 good = isinstance(value, (int, float)) and not isinstance(value, bool)
                 expected = "number"
+                if good and not math.isfinite(value):
+                    good, expected = False, "finite number"
             if not good:
                 self.error("setting-type", f"setting {key!r} must be a {expected}, got "
                            f"{value!r}", span, f"for example: {key} = {default}")
@@ -320,6 +359,9 @@ class _Validator:
                 self.error("setting-range", f"setting {key!r} must be >= 0, got {value!r}", span)
             elif key in _POSITIVE and value <= 0:
                 self.error("setting-range", f"setting {key!r} must be > 0, got {value!r}", span)
+            elif key in _UPPER and value > getattr(self.limits, _UPPER[key]):
+                msg, hint = _limits.exceeded(_UPPER[key], f"setting {key!r} is {value:,}")
+                self.error("limit", msg, span, hint)
 
     def check_params(self) -> None:
         for p in self.m.params:
@@ -460,15 +502,33 @@ def _first(span: Span) -> str:
 
 
 def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
 
 
-def _offset(text: str, line: int, col: int) -> int:
-    """Character offset of 1-based (line, col) in ``text``."""
-    pos = 0
-    for _ in range(line - 1):
-        nl = text.find("\n", pos)
-        if nl < 0:
-            return len(text)
-        pos = nl + 1
-    return pos + col - 1
+def override_diagnostics(model: ModelIR, query: QueryIR,
+                         overrides: Mapping[str, str] | None) -> list[Diagnostic]:
+    """Problems of per-node init overrides given outside the file (``init_overrides`` of the API,
+    ``--init-node`` of the CLI): unknown nodes, clamped nodes, unknown methods. Each is labelled
+    by the option (``init_overrides``), since it has no place in the file."""
+    if not overrides:
+        return []
+    where = option_span("init_overrides")
+    nodes = [n.name for n in model.nodes]
+    known, clamped = set(nodes), set(query.clamp)
+    out = []
+    for name, method in overrides.items():
+        if name not in known:
+            hint = did_you_mean(str(name), nodes) or f"nodes: {name_list(nodes)}"
+            out.append(Diagnostic("error", f"init override {name}={method}: model {model.name!r} "
+                                  f"has no node {name!r}", where, hint, "undefined-name"))
+        elif name in clamped:
+            out.append(Diagnostic("error", f"init override {name}={method}: query "
+                                  f"{query.name!r} clamps {name!r}, so it is never initialised",
+                                  where, "override only free nodes: "
+                                  + name_list([n for n in nodes if n not in clamped]),
+                                  "init-of-clamped"))
+        if method not in INIT_METHODS:
+            hint = did_you_mean(str(method), INIT_METHODS) or "one of: " + ", ".join(INIT_METHODS)
+            out.append(Diagnostic("error", f"init override {name}={method}: unknown init method "
+                                  f"{method!r}", where, hint, "unknown-init"))
+    return out

@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -157,34 +158,63 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------------- file formats
-def _open_bytes(path: Path) -> bytes:
+#: Largest data file read (bytes, after decompression); a bigger one is refused before reading.
+MAX_DATA_BYTES = 2**33
+
+
+def _open_stream(path: Path):
+    """``path`` opened for reading bytes, gunzipped if it is gzip (only regular files)."""
+    if not path.is_file():
+        raise OSError("not a regular file")
     with open(path, "rb") as f:
         head = f.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as f:
-        return f.read()
+    return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
+
+
+def _read_exactly(f, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        b = f.read(min(left, 1 << 24))
+        if not b:
+            break
+        chunks.append(b)
+        left -= len(b)
+    return b"".join(chunks)
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or gzipped): magic ``0 0 dtype ndim``, big-endian int32 dims, data."""
+    """Read an IDX file (raw or gzipped): magic ``0 0 dtype ndim``, big-endian int32 dims, data.
+
+    The header is read first and the size it announces checked (against ``MAX_DATA_BYTES`` and
+    the file) before the data is read, so a gzip bomb or a forged header allocates nothing."""
     path = Path(path)
     try:
-        buf = _open_bytes(path)
-    except (OSError, EOFError) as e:
+        with _open_stream(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataFormatError(
+                    f"{path}: not an IDX file (bad magic number {head[:4].hex() or 'empty'};"
+                    f" expected 00 00 <dtype 08/09/0b/0c/0d/0e> <ndim>)")
+            dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataFormatError(f"{path}: truncated IDX header ({ndim} dimensions, "
+                                      f"{4 + len(raw_dims)} bytes)")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4", count=ndim))
+            size = math.prod(dims) * dtype.itemsize
+            header = 4 + 4 * ndim
+            if size > MAX_DATA_BYTES:
+                raise DataFormatError(f"{path}: IDX header announces dims {dims} ({size:,} bytes),"
+                                      f" over the {MAX_DATA_BYTES:,}-byte limit (data.MAX_DATA_BYTES)")
+            buf = _read_exactly(f, size + 1)
+    except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f"{path}: cannot read ({e})") from e
-    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] not in _IDX_DTYPES:
-        raise DataFormatError(f"{path}: not an IDX file (bad magic number {buf[:4].hex() or 'empty'};"
-                              f" expected 00 00 <dtype 08/09/0b/0c/0d/0e> <ndim>)")
-    dtype, ndim = np.dtype(_IDX_DTYPES[buf[2]]), buf[3]
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataFormatError(f"{path}: truncated IDX header ({ndim} dimensions, {len(buf)} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(buf) != expected:
-        raise DataFormatError(f"{path}: IDX size mismatch: dims {dims} of {dtype.name} need "
-                              f"{expected} bytes, file has {len(buf)}")
-    return np.frombuffer(buf, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    if len(buf) != size:
+        what = "truncated" if len(buf) < size else "has trailing bytes"
+        raise DataFormatError(f"{path}: IDX size mismatch ({what}): dims {dims} of {dtype.name} "
+                              f"need {header + size} bytes, file has "
+                              f"{header + len(buf) if len(buf) <= size else 'more'}")
+    return np.frombuffer(buf, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -217,15 +247,50 @@ def _find_cifar(d: Path) -> Path | None:
     return None
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, str, ints and numpy
+    arrays. Any other global (``os.system``, ``builtins.eval``, ...) is refused, so a crafted
+    data file cannot run code."""
+
+    ALLOWED = {(m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for f in ("_reconstruct", "scalar")} | {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR-10 batch "
+                                         "holds only arrays, lists, bytes and numbers)")
+        return super().find_class(module, name)
+
+
+#: Largest CIFAR-10 batch file read (a real one is about 31 MB).
+MAX_CIFAR_BATCH_BYTES = 2**28
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        if not path.is_file():
+            raise OSError("not a regular file")
+        if path.stat().st_size > MAX_CIFAR_BATCH_BYTES:
+            raise DataFormatError(f"{path}: {path.stat().st_size:,} bytes, over the "
+                                  f"{MAX_CIFAR_BATCH_BYTES:,}-byte limit of a CIFAR-10 batch")
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _BatchUnpickler(f, encoding="bytes").load()
+        if not isinstance(d, dict):
+            raise DataFormatError(f"{path}: not a CIFAR-10 python batch (a pickled "
+                                  f"{type(d).__name__}, not a dict)")
         d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-        x = np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d["labels"], np.int64)
+        data, labels = d["data"], d["labels"]
+        if not isinstance(data, np.ndarray) or not isinstance(labels, (list, np.ndarray)):
+            raise DataFormatError(f"{path}: not a CIFAR-10 python batch ('data' must be an "
+                                  "array and 'labels' a list)")
+        x = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(labels, np.int64)
+    except DataFormatError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling/shape failure is a format error
-        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({e})") from e
+        reason = f"{type(e).__name__}: {e}" if not isinstance(e, KeyError) else f"no key {e}"
+        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({reason})") from None
     if len(x) != len(y):
         raise DataFormatError(f"{path}: {len(x)} images but {len(y)} labels")
     return x, y
