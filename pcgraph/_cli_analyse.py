@@ -61,7 +61,7 @@ def configure_analyse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("auto", "dense", "lanczos"), default="auto",
                    help="eigenvalues: dense up to 1024 inference variables (auto), or Lanczos")
     p.add_argument("--tol", type=float, default=1e-6, help="Lanczos relative tolerance (1e-6)")
-    p.add_argument("--maxiter", type=int, metavar="N", help="Lanczos restart cap (1000)")
+    p.add_argument("--maxiter", type=int, metavar="N", help="Lanczos restart cap (300)")
     p.add_argument("--no-spectrum", action="store_true", help="skip the Hessian spectrum")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.add_argument("-o", "--output", metavar="PNG", help="draw the per-node energies")

@@ -271,3 +271,28 @@ def test_cli_analyse_errors(tmp_path):
     assert code == 1 and "hh1" in err
     code, _, err = _cli(str(f), "--param", "width=3")  # the file declares no param width
     assert code == 1 and "no param 'width'" in err
+
+
+def test_cli_analyse_reads_the_weights_of_a_checkpoint(tmp_path):
+    import equinox as eqx
+    import optax
+
+    from pcgraph._checkpoint import save
+    from pcgraph._load import load
+
+    f = tmp_path / "tiny.pcg"
+    f.write_text(MLP)
+    net = build(load(str(f)), seed=5)
+    opt = optax.adam(1e-3).init(eqx.filter(net, eqx.is_inexact_array))
+    save(tmp_path / "run" / "checkpoint.eqx", net, opt, None, {"epoch": 1})
+    args = ("--query", "train", "--no-spectrum", "--json", "--steps", "2")
+    ck = ("--checkpoint", str(tmp_path / "run"))
+    # --seed picks the random batch; the weights come from the checkpoint
+    runs = [_cli(str(f), *extra, *args) for extra in
+            (ck + ("--seed", "5"), ("--seed", "5"), ck + ("--seed", "0"), ("--seed", "0"))]
+    assert all(code == 0 for code, _, _ in runs), runs[0][2]
+    a5, b5, a0, b0 = (json.loads(o)["queries"][0]["energy_end"] for _, o, _ in runs)
+    assert a5 == pytest.approx(b5, rel=1e-6)  # the same weights as building with seed 5
+    assert a0 != pytest.approx(b0, rel=1e-3)  # not the weights of seed 0
+    out = runs[0][1]
+    assert json.loads(out)["checkpoint"].endswith("checkpoint.eqx")
