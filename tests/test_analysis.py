@@ -182,7 +182,7 @@ def test_pc_gradient_at_equilibrium_is_the_gradient_of_the_rescaled_mse(x64):
         moved = jax.tree_util.tree_map(lambda a, v: a + t * v, params, d)
         return chain_equilibrated_energy(eqx.combine(moved, static), q, data)
 
-    fd = (F_at(eps) - F_at(-eps)) / (2 * eps)
+    fd = float(F_at(eps) - F_at(-eps)) / (2 * eps)
     pc = sum(float(np.sum(np.asarray(a) * np.asarray(v))) for a, v in zip(
         jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_inexact_array)),
         jax.tree_util.tree_leaves(d)))
