@@ -100,12 +100,15 @@ def escape(depth, width, seed, sigma, lr, iters):
         t0 = time.perf_counter()
         mse, val = (np.asarray(a) for a in run(params))
         below = np.nonzero(mse < 0.5 * mse[0])[0]
+        obj_below = np.nonzero(val < 0.5 * val[0])[0]
         out.append({"experiment": "escape", "algorithm": algo, "depth": depth, "width": width,
                     "seed": seed, "sigma": sigma, "lr": lr, "iters": iters,
                     "escape_iter": int(below[0]) if len(below) else None,
+                    "objective_escape_iter": int(obj_below[0]) if len(obj_below) else None,
                     "mse_start": float(mse[0]), "mse_end": float(mse[-1]),
                     "objective_start": float(val[0]), "objective_end": float(val[-1]),
                     "mse_curve": [float(v) for v in mse[:: max(1, iters // 200)]],
+                    "objective_curve": [float(v) for v in val[:: max(1, iters // 200)]],
                     "seconds": time.perf_counter() - t0})
     return out
 
@@ -174,8 +177,8 @@ def _group(records, exp, *keys):
     return out
 
 
-def _esc(rs):
-    v = [r["escape_iter"] for r in rs]
+def _esc(rs, key="escape_iter"):
+    v = [r.get(key) for r in rs]
     cap = rs[0]["iters"]
     if all(x is None for x in v):
         return f"> {cap} (none of {len(v)})"
@@ -186,14 +189,20 @@ def _esc(rs):
 
 
 def table(records) -> str:
-    lines = ["**Saddle escape** (deep linear chain, GD iterations until the MSE halves; "
-             "mean ± sd over seeds)", "",
-             "| depth | width | σ | lr | PC (F*) | BP (MSE) | seeds |", "|---|---|---|---|---|---|---|"]
+    lines = ["**Saddle escape** (deep linear chain, GD iterations until the network's MSE halves, "
+             "and until PC's own objective F* halves; mean ± sd over seeds)", "",
+             "| depth | width | σ | lr | PC: MSE halves | BP: MSE halves | PC: F* halves | "
+             "MSE at the end, PC | MSE at the end, BP | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     g = _group(records, "escape", "depth", "width", "sigma", "lr", "algorithm")
     for (d, w, s, lr) in sorted({k[:4] for k in g}):
         pc, bp = g.get((d, w, s, lr, "pc"), []), g.get((d, w, s, lr, "bp"), [])
-        lines.append(f"| {d} | {w} | {s:g} | {lr:g} | {_esc(pc) if pc else '-'} | "
-                     f"{_esc(bp) if bp else '-'} | {len(pc)} |")
+        if not pc or not bp:
+            continue
+        lines.append(f"| {d} | {w} | {s:g} | {lr:g} | {_esc(pc)} | {_esc(bp)} | "
+                     f"{_esc(pc, 'objective_escape_iter')} | "
+                     f"{mean_sd([r['mse_end'] for r in pc], 3)} | "
+                     f"{mean_sd([r['mse_end'] for r in bp], 3)} | {len(pc)} |")
     lines += ["", "**Hessian at the origin** (all weights 0; eigenvalues of the Hessian w.r.t. "
               "the weights; same for every data seed up to the values shown)", "",
               "| depth | params | F*: λ_min | F*: # negative | MSE: λ_min | MSE: # negative | "
