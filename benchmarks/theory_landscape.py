@@ -250,6 +250,9 @@ def figure(records, path):
         m = [np.mean([r["escape_iter"] if r["escape_iter"] is not None else cap
                       for r in g[(algo, d)]]) for d in ds]
         ax[0].plot(ds, m, "o-", color=c, label="PC (F*)" if algo == "pc" else "BP (MSE)")
+    ds = sorted(d for a, d in g if a == "pc")
+    ax[0].plot(ds, [np.mean([r.get("objective_escape_iter") or cap for r in g[("pc", d)]])
+                    for d in ds], "o--", color="C0", label="PC: F* halves")
     ax[0].axhline(cap, ls=":", color="gray", label="cap (not escaped)")
     ax[0].set(xscale="log", yscale="log", xlabel="depth (weight layers)",
               ylabel="iterations until MSE halves", title="escape from near the origin")
@@ -272,6 +275,9 @@ def figure(records, path):
     ax[2].set(xscale="log", yscale="log", xlabel="depth", ylabel="first-layer update norm",
               title="tanh MLP at init: step size vs depth")
     ax[2].legend(fontsize=8)
+    for a in ax:
+        a.set_xticks([2, 4, 8, 16, 32], ["2", "4", "8", "16", "32"])
+        a.minorticks_off()
     fig.tight_layout()
     save_figure(fig, path)
 
