@@ -27,16 +27,34 @@ import argparse
 import statistics
 import time
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from _common import (ROOT, D, append_jsonl, int_list, machine, make_eval_step, make_train_step,
                      mean_sd, read_jsonl, save_figure)
 
-from pcgraph._energy import energy, forward_acts, topological_order
-from pcgraph._infer import _norm, clamp_data, infer, infer_ode
-from pcgraph._load import load
-from pcgraph._network import build, compile_query
+from pcgraph import (GradientDescent, GradientFlow, build, compile_query, energy, infer, load)
+from pcgraph._energy import forward_acts, topological_order
+from pcgraph._infer import clamp_data
+
+SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "tsit5": diffrax.Tsit5}
+
+
+def _norm(tree):
+    return float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(tree))))
+
+
+def gd(steps, lr, tol=0.0):
+    return GradientDescent(steps=steps, optimizer=optax.sgd(lr), tol=tol)
+
+
+def flow(solver, dt, steps, *, adaptive=False, rtol=1e-3, atol=1e-5, **kw):
+    ctrl = (diffrax.PIDController(rtol=rtol, atol=atol) if adaptive
+            else diffrax.ConstantStepSize())
+    return GradientFlow(solver=SOLVERS[solver](), dt=dt, steps=steps, stepsize_controller=ctrl,
+                        **kw)
 
 # (label, solver, dt multiple of lr, adaptive)
 CONFIGS = (("gd", "gd", 1, False), ("euler", "euler", 1, False), ("heun", "heun", 1, False),
@@ -69,9 +87,9 @@ def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol):
     h0 = forward_acts(net, h, topological_order(net, q.clamp))
     F0 = float(energy(net, h0, q))
     # the reference equilibrium: the lower of a long GD run and a long adaptive Tsit5 solve
-    ref = infer(net, q, h0, steps=ref_steps, lr=lr)
-    ref2 = infer_ode(net, q, h0, solver="tsit5", dt=lr, t1=ref_steps * lr, adaptive=True,
-                     rtol=1e-5, atol=1e-7, ss_rtol=1e-6, ss_atol=1e-8, max_steps=4 * ref_steps)
+    ref = infer(net, q, h0, gd(ref_steps, lr))
+    ref2 = infer(net, q, h0, flow("tsit5", lr, ref_steps, adaptive=True, rtol=1e-5, atol=1e-7,
+                                  ss_rtol=1e-6, ss_atol=1e-8, max_steps=4 * ref_steps))
     F_ref = min(float(energy(net, ref.h, q)), float(energy(net, ref2.h, q)))
     thresh = ss_atol + ss_rtol * float(_norm(tuple(h0[g] for g in q.free_groups)))
     out = []
@@ -79,20 +97,17 @@ def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol):
         dt = lr * mult
         n = max(1, horizon // mult)
         if solver == "gd":
-            rec = infer(net, q, h0, steps=n, lr=lr)
+            rec = infer(net, q, h0, gd(n, lr))
             Fs = np.append(np.asarray(rec.energies), float(energy(net, rec.h, q)))
-            run = jax.jit(lambda h0_: infer(net, q, h0_, steps=3 * horizon, lr=lr, tol=thresh))
+            run = jax.jit(lambda h0_: infer(net, q, h0_, gd(3 * horizon, lr, thresh)))
         else:
-            kw = dict(solver=solver, dt=dt, adaptive=adaptive)
-            if adaptive:
-                kw.update(rtol=1e-3, atol=1e-5)
-            rec = infer_ode(net, q, h0, steps=n, steady_state=False, record=True,
-                            max_steps=4 * n if adaptive else None, **kw)
+            rec = infer(net, q, h0, flow(solver, dt, n, adaptive=adaptive, steady_state=False,
+                                         max_steps=4 * n if adaptive else None), record=True)
             e = np.asarray(rec.energies)
             Fs = np.concatenate([[F0], e[np.isfinite(e)]])
-            run = jax.jit(lambda h0_, kw=kw: infer_ode(
-                net, q, h0_, steps=3 * horizon, ss_rtol=ss_rtol, ss_atol=ss_atol,
-                max_steps=3 * horizon, **kw))
+            run = jax.jit(lambda h0_, solver=solver, dt=dt, adaptive=adaptive: infer(
+                net, q, h0_, flow(solver, dt, 3 * horizon, adaptive=adaptive, ss_rtol=ss_rtol,
+                                  ss_atol=ss_atol, max_steps=3 * horizon)))
         gap = (Fs - F_ref) / (F0 - F_ref)
         res = run(h0)
         jax.block_until_ready(res.h)
@@ -126,8 +141,8 @@ def train_records(seed, ds, n_batches, eval_every):
     xs, ys = ds.x_train[:2000], ds.y_train[:2000]
     for label, solver in (("gd", "gd"), ("euler", "euler"), ("heun", "heun"), ("tsit5", "tsit5")):
         net = build(m, seed=seed)
-        opts = None if solver == "gd" else {"dt": lr, "steady_state": False}
-        step = make_train_step(net, "train", solver=solver, ode_options=opts)
+        inf = gd(5, lr) if solver == "gd" else flow(solver, lr, 5, steady_state=False)
+        step = make_train_step(net, "train", inference=inf)
         ev = make_eval_step(net, "test")
         state = step.init(net, B)
 

@@ -33,17 +33,15 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
-from _common import (ROOT, append_jsonl, int_list, machine, mean_sd, print_table_only,  # noqa: F401
-                     read_jsonl, save_figure)
+import optax
+from _common import ROOT, append_jsonl, int_list, machine, mean_sd, read_jsonl, save_figure
 from jax.flatten_util import ravel_pytree
 
-from pcgraph._analysis import bp_loss, chain_equilibrated_energy, update_alignment
-from pcgraph._energy import energy, forward_acts, topological_order
-from pcgraph._infer import clamp_data, infer
-from pcgraph._load import load
-from pcgraph._network import build, compile_query
+from pcgraph import (GradientDescent, bp_loss, build, chain_equilibrated_energy, compile_query,
+                     energy, infer, load, update_alignment)
+from pcgraph._energy import forward_acts, topological_order
+from pcgraph._infer import clamp_data
 
 
 def chain_text(depth: int, width: int, act: str = "identity") -> str:
@@ -149,7 +147,7 @@ def vanishing(depth, width, seed, gain, d_io=16):
     data = toy_data(d_io, seed)
     h = clamp_data(net, q, data)
     h0 = forward_acts(net, h, topological_order(net, q.clamp))
-    res = infer(net, q, h0, steps=20000, lr=0.2, tol=1e-6)
+    res = infer(net, q, h0, GradientDescent(steps=20000, optimizer=optax.sgd(0.2), tol=1e-6))
     al = update_alignment(net, q, data, res.h)
     g_pc = eqx.filter_grad(lambda n: energy(n, res.h, q))(net)
     g_bp = eqx.filter_grad(lambda n: bp_loss(n, q, data))(net)

@@ -37,10 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
 from ._energy import energy, forward_acts, node_energies, topological_order
-from ._infer import clamp_data, infer, infer_ode
-from ._network import Acts, Network, QueryPlan, compile_query
-from ._theory import _as_query, _hessian, _quadratic_form, check_linear, energy_of_vector
+from ._infer import clamp_data, infer
+from ._network import Network
+from ._plan import Acts
+from ._query import QueryPlan, compile_query
+from ._theory import as_query, dense_hessian, quadratic_form, check_linear, energy_of_vector
 
 #: largest free vector for which ``method="auto"`` builds the dense Hessian
 DENSE_MAX = 1024
@@ -68,7 +71,7 @@ def _eps(dtype) -> float:
 
 def free_roots_without_prior(net: Network, query) -> tuple[str, ...]:
     """Free (unclamped) parentless nodes with no prior: nothing anchors their activity."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     out = []
     for grp, free in zip(net.plan.groups, q.free):
         if grp.has_parents or grp.prior is not None:
@@ -133,7 +136,7 @@ def hessian_operator(net: Network, query, h: Acts, *, scale: str = "sample"):
     counting the products made."""
     from scipy.sparse.linalg import LinearOperator
 
-    q = _as_query(net, query)
+    q = as_query(net, query)
     n = int(jax.eval_shape(lambda: _free_size(net, q, h)).shape[0])
     s = float(_batch_size(h)) if scale == "sample" else 1.0
     count = [0]
@@ -162,13 +165,13 @@ def hessian_spectrum(net: Network, query, h: Acts, *, method: str = "auto", scal
         raise ValueError(f"scale must be 'sample' or 'batch', got {scale!r}")
     if method not in ("auto", "dense", "lanczos"):
         raise ValueError(f"method must be auto, dense or lanczos, got {method!r}")
-    q = _as_query(net, query)
+    q = as_query(net, query)
     n = int(jax.eval_shape(lambda: _free_size(net, q, h)).shape[0])
     if n == 0:
         raise ValueError(f"query {q.name!r} has no inference variables: no activity Hessian")
     if method == "dense" or (method == "auto" and n <= DENSE_MAX) or n <= 2:
         s = float(_batch_size(h)) if scale == "sample" else 1.0
-        lam = np.linalg.eigvalsh(np.asarray(_hessian(net, q, h), dtype=np.float64)) * s
+        lam = np.linalg.eigvalsh(np.asarray(dense_hessian(net, q, h), dtype=np.float64)) * s
         lo, hi = float(lam[0]), float(lam[-1])
         return Spectrum(lo, hi, _cond(lo, hi), n, "dense", scale)
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh, lobpcg
@@ -235,7 +238,7 @@ def equilibrium(net: Network, query, batch, *, method: str = "auto", warn: bool 
                 rtol: float | None = None) -> Equilibrium:
     """The exact equilibrium of a linear graph (see :func:`equilibrated_energy`)."""
     check_linear(net)
-    q = _as_query(net, query)
+    q = as_query(net, query)
     h = _acts(net, q, batch)
     roots = free_roots_without_prior(net, q)
     rtol = 1e3 * _eps(h[0].dtype) if rtol is None else rtol
@@ -247,7 +250,7 @@ def equilibrium(net: Network, query, batch, *, method: str = "auto", warn: bool 
             warnings.warn(msg, SingularSystemWarning, stacklevel=3)
         return Equilibrium(math.nan, True, spec, roots, msg, spec.method)
     if spec.method == "dense":
-        A, b, c = (np.asarray(a, dtype=np.float64) for a in _quadratic_form(net, q, h))
+        A, b, c = (np.asarray(a, dtype=np.float64) for a in quadratic_form(net, q, h))
         F = float(c - 0.5 * b @ np.linalg.solve(A, b))
     else:
         from scipy.sparse.linalg import cg
@@ -306,7 +309,7 @@ def chain_equilibrated_energy(net: Network, query, batch):
     ``d_y × d_y`` solves, and is a JAX scalar differentiable in the weights: by the envelope
     theorem its gradient is the PC weight gradient at the exact equilibrium."""
     check_linear(net)
-    q = _as_query(net, query)
+    q = as_query(net, query)
     order = _chain(net, q)
     y_name, hidden = order[-1], order[1:-1]
     h = _acts(net, q, batch)
@@ -365,7 +368,7 @@ def _bp_plan(net: Network, q: QueryPlan):
 def bp_loss(net: Network, query, batch):
     """The BP loss of a query: the energy of its clamped non-root nodes at the forward pass from
     the clamped roots (cross-entropy for categorical nodes, ½π‖ε‖² for gaussian)."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     order, q_out = _bp_plan(net, q)
     h = _acts(net, q, batch)
     return energy(net, forward_acts(net, h, order), q_out)
@@ -392,7 +395,7 @@ def update_alignment(net: Network, query, batch, h_relaxed: Acts) -> Alignment:
     """Cosine between the PC weight gradient at ``h_relaxed`` and the BP gradient on ``batch``
     (the update directions are their negatives, so the cosine is the same). Raises
     ``ForwardError``/``ValueError`` when the query has no forward pass or no output loss."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     order, q_out = _bp_plan(net, q)
     h = _acts(net, q, batch)
     g_pc, g_bp = _grads(net, q, q_out, order, h, tuple(h_relaxed))
@@ -413,9 +416,8 @@ class QueryAnalysis:
     query: str
     batch_size: int
     init: str
-    solver: str
+    inference: str
     steps: int
-    activity_lr: float
     energy_init: dict
     energy_end: dict
     hessian: Spectrum | None = None
@@ -438,7 +440,7 @@ class QueryAnalysis:
     def as_dict(self) -> dict:
         return {
             "query": self.query, "batch_size": self.batch_size, "init": self.init,
-            "solver": self.solver, "steps": self.steps, "activity_lr": self.activity_lr,
+            "inference": self.inference, "steps": self.steps,
             "energy_init": self.energy_init, "energy_end": self.energy_end,
             "total_init": self.total_init, "total_end": self.total_end,
             "hessian_at": self.hessian_at,
@@ -450,49 +452,49 @@ class QueryAnalysis:
         }
 
 
-def _initial(net: Network, q: QueryPlan, h: Acts, init, key):
+def _initial(net: Network, q: QueryPlan, h: Acts, init: Initialisation | None, key):
     from ._init import initialise
 
+    name = (init.method if init is not None else None) or _setting(net, "init")
     try:
-        return initialise(net, q, h, default=init, key=key), init or _setting(net, "init"), None
+        return initialise(net, q, h, init, key=key), str(name), None
     except (ValueError, TypeError) as e:  # a stateful initialiser (mem, avg, null) needs training
-        zero = {n: "zero" for n in q.free_names}
-        h0 = initialise(net, q, h, default="zero", overrides=zero, key=key)
-        return h0, "zero", (f"init {init or _setting(net, 'init')!r} could not run outside "
-                            f"training ({str(e).splitlines()[0]}); analysed from zero")
+        zero = Initialisation("zero", nodes={n: "zero" for n in q.free_names})
+        h0 = initialise(net, q, h, zero, key=key)
+        return h0, "zero", (f"init {name!r} could not run outside training "
+                            f"({str(e).splitlines()[0]}); analysed from zero")
 
 
 def _setting(net: Network, name: str):
     return net.plan.settings.get(name)
 
 
-def relax_from(net: Network, q: QueryPlan, h0: Acts, *, steps: int, lr: float, solver: str,
-               optimizer=None) -> Acts:
-    """T inference steps from ``h0`` with the model's solver (GD: ``infer``; else ``infer_ode``
-    with ``dt = lr``)."""
-    if solver == "gd":
-        return infer(net, q, h0, steps=steps, lr=lr, optimizer=optimizer).h
-    return infer_ode(net, q, h0, solver=solver, dt=lr, steps=steps, steady_state=False).h
+def _describe(inf: Inference) -> str:
+    if isinstance(inf, GradientDescent):
+        return "gd"
+    return type(inf.solver).__name__.lower() + (" (adaptive)" if inf.adaptive else
+                                                f" (dt {inf.dt:g})")
 
 
-def analyse_query(net: Network, query, batch: Mapping[str, Any], *, steps: int | None = None,
-                  lr: float | None = None, solver: str | None = None, init: str | None = None,
-                  key=None, spectrum: bool = True, hessian_at: str = "end",
-                  method: str = "auto", tol: float = 1e-6, maxiter: int | None = None,
-                  alignment: bool = True) -> QueryAnalysis:
+def analyse_query(net: Network, query, batch: Mapping[str, Any], *,
+                  inference: Inference | None = None, steps: int | None = None,
+                  init: Initialisation | None = None, key=None, spectrum: bool = True,
+                  hessian_at: str = "end", method: str = "auto", tol: float = 1e-6,
+                  maxiter: int | None = None, alignment: bool = True) -> QueryAnalysis:
     """Analyse ``query`` on ``batch`` (``{node: array}`` for the clamped nodes).
 
-    Per node energy (batch mean) at initialisation (the model's ``init``, or ``init``) and after
-    ``steps`` inference steps (the model's solver and activity lr unless given); the activity
-    Hessian's extremes and condition number at ``hessian_at`` (``"init"`` or ``"end"``); the
-    cosine of the PC weight gradient with the BP gradient (queries with a forward pass and a
+    Per node energy (batch mean) at initialisation (``init``, an ``Initialisation``; default the
+    model's policy) and after inference (``inference``, a ``GradientDescent`` or
+    ``GradientFlow``; default the model's settings; ``steps`` overrides its step count); the
+    activity Hessian's extremes and condition number at ``hessian_at`` (``"init"`` or ``"end"``);
+    the cosine of the PC weight gradient with the BP gradient (queries with a forward pass and a
     clamped target); for linear graphs the equilibrium (``F*``, singularity)."""
     if hessian_at not in ("init", "end"):
         raise ValueError(f"hessian_at must be 'init' or 'end', got {hessian_at!r}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
-    T = int(_setting(net, "steps") if steps is None else steps)
-    lr = float(_setting(net, "activity_lr") if lr is None else lr)
-    solver = solver or _setting(net, "solver") or "gd"
+    inf = resolve_config(net.plan.settings).inference if inference is None else inference
+    if steps is not None:
+        inf = with_steps(inf, steps)
     key = jax.random.PRNGKey(0) if key is None else key
     notes: list[str] = []
     warns: list[str] = []
@@ -500,8 +502,7 @@ def analyse_query(net: Network, query, batch: Mapping[str, Any], *, steps: int |
     h0, init_used, note = _initial(net, q, h, init, key)
     if note:
         notes.append(note)
-    hT = relax_from(net, q, h0, steps=T, lr=lr, solver=solver,
-                    optimizer=_setting(net, "activity_optimizer"))
+    hT = infer(net, q, h0, inf).h
     e0 = {k: float(v) for k, v in node_energies(net, h0, q).items()}
     e1 = {k: float(v) for k, v in node_energies(net, hT, q).items()}
     linear = is_linear(net)
@@ -525,5 +526,5 @@ def analyse_query(net: Network, query, batch: Mapping[str, Any], *, steps: int |
         eq = equilibrium(net, q, h, method=method, warn=False)
         if eq.singular:
             warns.append(eq.message)
-    return QueryAnalysis(q.name, _batch_size(h), str(init_used), solver, T, lr, e0, e1, spec,
-                         hessian_at, align, linear, eq, tuple(notes), tuple(warns))
+    return QueryAnalysis(q.name, _batch_size(h), init_used, _describe(inf), int(inf.steps), e0,
+                         e1, spec, hessian_at, align, linear, eq, tuple(notes), tuple(warns))

@@ -20,11 +20,11 @@ import math
 import sys
 from pathlib import Path
 
-from ._cli_train import EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError, _err, _load_data, _pairs
+from ._cli_train import EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError
 
 JSON_FIELDS = """\
 --json prints {model, file, data, checkpoint, batch_size, seed, queries: [...]}; each query:
-  query, batch_size, init, solver, steps, activity_lr
+  query, batch_size, init, inference (gd, or the ODE solver), steps
   energy_init / energy_end   {node: E_v} (batch mean) at t = 0 and after T steps
   total_init / total_end     F at t = 0 and after T steps
   hessian_at                 init | end: where the activity Hessian is taken
@@ -71,8 +71,22 @@ def run_analyse(args: argparse.Namespace) -> int:
     try:
         return _analyse(args)
     except CliError as e:
-        _err(str(e))
+        print(f"error: {e}", file=sys.stderr)
         return e.code
+
+
+def _params(items) -> dict:
+    """``--param NAME=VALUE`` pairs (numbers as numbers)."""
+    out = {}
+    for it in items or ():
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise CliError(f"--param {it!r}: expected NAME=VALUE")
+        try:
+            out[k.strip()] = float(v) if any(c in v for c in ".eE") else int(v)
+        except ValueError:
+            raise CliError(f"--param {it!r}: the value must be a number") from None
+    return out
 
 
 def _load(path: str, params: dict):
@@ -124,7 +138,7 @@ def _random_batch(net, nodes, B: int, seed: int) -> dict:
 
 def _data_batch(net, args) -> tuple[dict, str]:
     from . import data as D
-    from ._train import BindingError, bind
+    from ._binding import BindingError, bind
 
     names = {q.name for q in net.model.queries}
     train = "train" if "train" in names else net.model.queries[0].name
@@ -132,7 +146,10 @@ def _data_batch(net, args) -> tuple[dict, str]:
         b = bind(net, train, "test" if "test" in names else None)
     except BindingError as e:
         raise CliError(str(e)) from None
-    ds = _load_data(args.data, args.data_dir, 1.0, args.seed)
+    try:
+        ds = D.load(args.data, data_dir=args.data_dir, seed=args.seed)
+    except (D.DataError, ValueError, OSError) as e:
+        raise CliError(str(e)) from None
     try:
         ds = D.check_shape(ds, b.input, net.node_shape(b.input), "input")
         batch = {b.input: ds.x_train[:args.batch_size]}
@@ -169,7 +186,7 @@ def _text(res) -> str:
     if isinstance(res, dict):
         return f"query {res['query']}: skipped ({res['skipped']})"
     lines = [f"query {res.query} (batch {res.batch_size}, init {res.init}, {res.steps} "
-             f"{res.solver} steps of {res.activity_lr:g})"]
+             f"{res.inference} steps)"]
     w = max([len(k) for k in res.energy_init] + [4])
     lines.append(f"  {'node':<{w}}  {'E(t=0)':>11}  {'E(t=T)':>11}")
     for k in res.energy_init:
@@ -231,7 +248,7 @@ def _analyse(args: argparse.Namespace) -> int:
         raise CliError("--batch-size must be at least 1")
     if args.output and Path(args.output).suffix.lower() != ".png":
         raise CliError(f"-o {args.output}: use a .png file name")
-    model = _load(args.file, _pairs(args.param, "param"))
+    model = _load(args.file, _params(args.param))
     names = [q.name for q in model.queries]
     queries = args.query or names
     unknown = [q for q in queries if q not in names]

@@ -22,6 +22,7 @@ from pcgraph._analysis import (
     hessian_spectrum,
     update_alignment,
 )
+from pcgraph._config import Initialisation
 from pcgraph._infer import clamp_data
 from pcgraph._network import build, compile_query
 from pcgraph._theory import activity_hessian
@@ -149,7 +150,7 @@ def test_alignment_at_forward_init_and_near_the_target(x64):
     # T = 0 from the forward pass: only the output error is non-zero, so PC's last-layer gradient
     # is BP's and the earlier layers get nothing
     data = {"x": x, "y": yhat + rng.standard_normal(yhat.shape)}
-    r0 = analyse_query(net, q, data, steps=0, init="forward", spectrum=False)
+    r0 = analyse_query(net, q, data, steps=0, init=Initialisation("forward"), spectrum=False)
     assert r0.alignment.per_term["h2->y"] == pytest.approx(1.0, abs=1e-12)
     assert math.isnan(r0.alignment.per_term["x->h1"])
     assert r0.total_init == pytest.approx(r0.energy_init["y"])
