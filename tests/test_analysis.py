@@ -24,7 +24,7 @@ from pcgraph._analysis import (
 )
 from pcgraph._config import Initialisation
 from pcgraph._infer import clamp_data
-from pcgraph._network import build, compile_query
+from pcgraph import build, compile_query
 from pcgraph._theory import activity_hessian
 
 
