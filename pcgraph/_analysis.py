@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
+from ._errors import Error
 from ._energy import energy, forward_acts, node_energies, topological_order
 from ._infer import clamp_data, infer
 from ._network import Network
@@ -49,7 +50,7 @@ from ._theory import as_query, dense_hessian, quadratic_form, check_linear, ener
 DENSE_MAX = 1024
 
 
-class SingularSystemWarning(UserWarning):
+class SingularSystemWarning(Error, UserWarning):
     """The activity Hessian of a linear graph is (numerically) singular: no unique equilibrium."""
 
 

@@ -165,7 +165,7 @@ def analyse_model(net, queries, batch: dict, **kwargs) -> list:
     """:func:`pcgraph.analyse_query` for each query whose clamped nodes ``batch`` holds; a query
     it cannot run is a dict ``{"query", "skipped": reason}``."""
     from ._analysis import analyse_query
-    from ._network import compile_query
+    from ._query import compile_query
 
     out = []
     for name in queries:
@@ -259,7 +259,8 @@ def _analyse(args: argparse.Namespace) -> int:
         raise CliError(f"model {model.name} declares no query to analyse")
     import warnings
 
-    from ._network import build, compile_query
+    from ._network import build
+    from ._query import compile_query
 
     net = build(model, seed=args.seed)
     ckpt = None
