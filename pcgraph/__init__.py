@@ -51,6 +51,16 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr__ below
     from . import data as data
+    from ._analysis import QueryAnalysis as QueryAnalysis
+    from ._analysis import SingularSystemWarning as SingularSystemWarning
+    from ._analysis import Spectrum as Spectrum
+    from ._analysis import analyse_query as analyse_query
+    from ._analysis import bp_loss as bp_loss
+    from ._analysis import chain_equilibrated_energy as chain_equilibrated_energy
+    from ._analysis import equilibrated_energy as equilibrated_energy
+    from ._analysis import hessian_operator as hessian_operator
+    from ._analysis import hessian_spectrum as hessian_spectrum
+    from ._analysis import update_alignment as update_alignment
     from ._binding import BindingError as BindingError
     from ._config import Config as Config
     from ._config import ConfigError as ConfigError
@@ -91,6 +101,16 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
 # name -> module that defines it (the TYPE_CHECKING block above, for the interpreter)
 _LAZY = {
     "data": ".data",
+    "QueryAnalysis": "._analysis",
+    "SingularSystemWarning": "._analysis",
+    "Spectrum": "._analysis",
+    "analyse_query": "._analysis",
+    "bp_loss": "._analysis",
+    "chain_equilibrated_energy": "._analysis",
+    "equilibrated_energy": "._analysis",
+    "hessian_operator": "._analysis",
+    "hessian_spectrum": "._analysis",
+    "update_alignment": "._analysis",
     "BindingError": "._binding",
     "Config": "._config",
     "ConfigError": "._config",

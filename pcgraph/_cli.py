@@ -190,6 +190,8 @@ COMMANDS: dict[str, Command] = {
     "check": Command("check .pcg files: syntax, names, shapes, graph, queries", _configure_check,
                      run_check),
     "fmt": Command("print a .pcg file in canonical form", _configure_fmt, run_fmt),
+    "analyse": Command("energies, activity-Hessian spectrum, PC-vs-BP alignment, equilibrium",
+                       "pcgraph._cli_analyse:configure_analyse", "pcgraph._cli_analyse:run_analyse"),
 }
 
 

@@ -24,14 +24,14 @@ from ._plan import Acts
 from ._query import QueryPlan, compile_query
 
 
-def _as_query(net: Network, query) -> QueryPlan:
+def as_query(net: Network, query) -> QueryPlan:
     return query if isinstance(query, QueryPlan) else compile_query(net, query)
 
 
 def free_vector(net: Network, query, h: Acts):
     """``(x, to_acts)``: the inference variables of ``h`` as a vector and the map back to ``Acts``
     (clamped entries and everything else taken from ``h``)."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     fg = q.free_groups
     base = tuple(h[g] for g in fg)
     sizes, idx = [], []
@@ -58,20 +58,20 @@ def free_vector(net: Network, query, h: Acts):
 
 def energy_of_vector(net: Network, query, h: Acts):
     """``(f, x0)``: F as a function of the free vector, and the free vector of ``h``."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     x0, to_acts = free_vector(net, q, h)
     return (lambda x: energy(net, to_acts(x), q)), x0
 
 
 @eqx.filter_jit
-def _hessian(net: Network, q: QueryPlan, h: Acts):
+def dense_hessian(net: Network, q: QueryPlan, h: Acts):
     f, x0 = energy_of_vector(net, q, h)
     return jax.hessian(f)(x0)
 
 
 def activity_hessian(net: Network, query, h: Acts):
     """``∇²_x F`` at ``h`` over the free vector (``[n, n]``)."""
-    return _hessian(net, _as_query(net, query), h)
+    return dense_hessian(net, as_query(net, query), h)
 
 
 def condition_number(H):
@@ -97,11 +97,11 @@ def check_linear(net: Network) -> None:
 def linear_system(net: Network, query, h: Acts):
     """``(A, b, c)`` with ``F = ½ xᵀAx − bᵀx + c`` over the free vector (clamped data from ``h``)."""
     check_linear(net)
-    return _quadratic_form(net, _as_query(net, query), h)
+    return quadratic_form(net, as_query(net, query), h)
 
 
 @eqx.filter_jit
-def _quadratic_form(net: Network, q: QueryPlan, h: Acts):
+def quadratic_form(net: Network, q: QueryPlan, h: Acts):
     f, x0 = energy_of_vector(net, q, h)
     z = jnp.zeros_like(x0)
     return jax.hessian(f)(z), -jax.grad(f)(z), f(z)
@@ -109,7 +109,7 @@ def _quadratic_form(net: Network, q: QueryPlan, h: Acts):
 
 def linear_equilibrium(net: Network, query, h: Acts):
     """``(h*, F*)``: the exact equilibrium ``x* = A⁻¹b`` as ``Acts`` and ``F* = c − ½ bᵀA⁻¹b``."""
-    q = _as_query(net, query)
+    q = as_query(net, query)
     A, b, c = linear_system(net, q, h)
     return _solve(net, q, h, A, b, c)
 
