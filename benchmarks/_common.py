@@ -144,3 +144,28 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     os.makedirs(os.path.dirname(str(path)) or ".", exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def demo_args(ap, name: str, seeds=(0, 1, 2)):
+    """The options every real-data demo shares: ``--seeds``, ``--png``, ``--out`` (default
+    benchmarks/results/NAME.jsonl) and ``--table`` (print the table of ``--out`` and stop)."""
+    ap.add_argument("--seeds", type=int_list, default=list(seeds))
+    ap.add_argument("--png", help="where to draw the figure")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.jsonl"))
+    ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
+
+
+def fmnist_splits(fraction: float, n_eval: int | None = None):
+    """Fashion-MNIST in [0, 1] as flat vectors: ``(ds, train, val, test)``, 10 % of the training
+    set held out for validation (seed 0), ``fraction`` of the rest kept, ``n_eval`` validation and
+    test images (all when None)."""
+    ds = D.load("fashion-mnist", normalize="unit", val_fraction=0.1, fraction=fraction, seed=0)
+    flat = [a.reshape(len(a), -1) for a in (ds.x_train, ds.x_val, ds.x_test)]
+    return ds, flat[0], flat[1][:n_eval], flat[2][:n_eval]
+
+
+def inference_with(net, steps: int):
+    """The model's inference settings with ``steps`` steps (for ``relax``)."""
+    from pcgraph import resolve_config
+
+    return resolve_config(net.plan.settings, steps=steps).inference

@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._fit import TrainState as TrainState
     from ._fit import fit as fit
     from ._fit import fresh_carry as fresh_carry
+    from ._precision import precision_optimizer as precision_optimizer
     from ._infer import InferResult as InferResult
     from ._infer import infer as infer
     from ._infer import relax as relax
@@ -130,6 +131,7 @@ _LAZY = {
     "TrainState": "._fit",
     "fit": "._fit",
     "fresh_carry": "._fit",
+    "precision_optimizer": "._precision",
     "InferResult": "._infer",
     "infer": "._infer",
     "relax": "._infer",

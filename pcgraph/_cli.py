@@ -98,7 +98,7 @@ def check_report(loaded: Loaded) -> dict:
     ``{"file", "ok", "model", "nodes": [{"name","shape","act","energy","precision","prior",
     "init"}], "edges" / "amortised": [{"src","dst","terms": [{"pre","chain","bias"}]}],
     "param_count", "settings", "graph": {"is_dag","cycles","roots","leaves","isolated",
-    "longest_path"}, "queries": [{"name","clamp","read","forward": {"feasible","reason","cycle",
+    "longest_path"}, "queries": [{"name","clamp","read","partial","forward": {"feasible","reason","cycle",
     "unclamped_roots"}, "init_plan": {node: method}}], "diagnostics": [Diagnostic.as_dict()]}``.
     After a syntax error only ``file``, ``ok``, ``model`` (null) and ``diagnostics`` are present."""
     from ._feasibility import analyse, plan_with_problems, query_feasibility
@@ -122,6 +122,7 @@ def check_report(loaded: Loaded) -> dict:
         out["graph"] = analyse(m).as_dict()
         out["queries"] = [
             {"name": q.name, "clamp": list(q.clamp), "read": list(q.read),
+             "partial": [{"node": n, "mask": m} for n, m in q.partial],
              "forward": query_feasibility(m, q).as_dict(),
              "init_plan": plan_with_problems(m, q)[0]}
             for q in m.queries

@@ -4,7 +4,11 @@
     F   = (1/B) Σ_batch Σ_v E_v
 
 * gaussian:    E_v = ½ π_v ‖ε_v‖²  (π_v the node's precision, default 1)
+* gaussian, learned precision: E_v = ½ Σ_i (π_vi ε_vi² − log π_vi)  (π = exp of a parameter:
+  one per node, or one per element with ``learned_diagonal``)
 * categorical: E_v = −Σ h_v · log_softmax(pre_v)   (pre_v the summed input; φ_v is ignored)
+* bernoulli:   E_v = Σ softplus(pre_v) − h_v·pre_v   (pre_v the logits; h_v binary or in [0, 1])
+* laplace:     E_v = ‖ε_v‖₁ / b   (b the node's ``scale``)
 * prior:       E_v = ½ ‖(h_v − m)/σ‖²  on a parentless node that declares ``prior = gaussian(m, σ)``
 
 **Sum over nodes and features, mean over the batch.** Given a ``QueryPlan``, free leaves are left
@@ -43,15 +47,29 @@ def _mask(counts: Sequence[bool] | None, ndim: int, dtype):
     )
 
 
-def _elementwise(grp: NodeGroup, hg, pre):
+def _likelihood(net: Network, gi: int, grp: NodeGroup, hg, pre):
+    """−log p(h_v | μ_v) per element, up to a constant (one registry entry per energy)."""
+    if grp.energy == "categorical":
+        G, B = hg.shape[:2]
+        logp = jax.nn.log_softmax(pre.reshape(G, B, -1), axis=-1)
+        return -(hg.reshape(G, B, -1) * logp)
+    if grp.energy == "bernoulli":  # pre is the logit a: −[h log σ(a) + (1 − h) log(1 − σ(a))]
+        return jax.nn.softplus(pre) - hg * pre
+    eps = hg - activation(grp.act)(pre)
+    if grp.energy == "laplace":
+        return jnp.abs(eps) / grp.scale
+    lp = net.log_precision(gi)
+    if lp is None:
+        return (0.5 * grp.precision) * (eps * eps)
+    # learned precision π = exp(lp): ½ π ε² − ½ log π per element, so that F carries the
+    # −½ log det Π term of the Gaussian's normaliser and π cannot grow without bound
+    return 0.5 * (jnp.exp(lp) * (eps * eps) - lp)
+
+
+def _elementwise(net: Network, gi: int, grp: NodeGroup, hg, pre):
     """Energy density of a node group (same shape as ``hg``, or ``[G, B, F]`` for categorical)."""
     if grp.has_parents:
-        if grp.energy == "categorical":
-            G, B = hg.shape[:2]
-            logp = jax.nn.log_softmax(pre.reshape(G, B, -1), axis=-1)
-            return -(hg.reshape(G, B, -1) * logp)
-        eps = hg - activation(grp.act)(pre)
-        return (0.5 * grp.precision) * (eps * eps)
+        return _likelihood(net, gi, grp, hg, pre)
     if grp.prior is not None:
         _, m, s = grp.prior
         z = (hg - m) / s
@@ -59,7 +77,7 @@ def _elementwise(grp: NodeGroup, hg, pre):
     return None
 
 
-def _group_parts(net: Network, h: Acts, query: QueryPlan | None):
+def _group_parts(net: Network, h: Acts, query: QueryPlan | None, observed=None):
     plan = net.plan
     if query is not None:
         query.check(net)
@@ -68,26 +86,44 @@ def _group_parts(net: Network, h: Acts, query: QueryPlan | None):
     for gi, grp in enumerate(plan.groups):
         if not need[gi]:
             continue
-        dens = _elementwise(grp, h[gi], pre[gi])
+        dens = _elementwise(net, gi, grp, h[gi], pre[gi])
         if dens is None:
             continue
-        yield gi, dens, _mask(query.counts[gi] if query is not None else None, dens.ndim, dens.dtype)
+        m = _mask(query.counts[gi] if query is not None else None, dens.ndim, dens.dtype)
+        w = _missing_out(query, observed, gi)
+        if w is not None:  # the missing elements of a partly clamped leaf are free leaves
+            w = w.reshape(dens.shape)
+            m = w if m is None else m * w
+        yield gi, dens, m
 
 
-def energy(net: Network, h: Acts, query: QueryPlan | None = None) -> Scalar:
-    """F(h, θ): a scalar. With ``query``, free leaves are left out (see module docstring)."""
+def _missing_out(query, observed, gi):
+    """1 − (partly clamped leaf member) · (1 − observed): zero on missing leaf elements."""
+    sel = getattr(query, "partial_leaf", ()) if query is not None else ()
+    if observed is None or not sel or not any(sel[gi]):
+        return None
+    obs = observed[gi]
+    pl = _mask(sel[gi], obs.ndim, obs.dtype)
+    return obs if pl is None else 1 - pl * (1 - obs)
+
+
+def energy(net: Network, h: Acts, query: QueryPlan | None = None, observed=None) -> Scalar:
+    """F(h, θ): a scalar. With ``query``, free leaves are left out (see module docstring); with
+    ``observed`` (per group ``None`` or a 0/1 ``[G, B, *shape]`` mask, see ``observed_masks``)
+    so are the missing elements of partly clamped leaves."""
     B = h[0].shape[1]
     total = jnp.zeros((), h[0].dtype)
-    for _, dens, m in _group_parts(net, h, query):
+    for _, dens, m in _group_parts(net, h, query, observed):
         total = total + (jnp.sum(dens) if m is None else jnp.sum(dens * m))
     return total / B
 
 
-def group_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> list:
+def group_energies(net: Network, h: Acts, query: QueryPlan | None = None,
+                   observed=None) -> list:
     """Per node group, the per-node energies ``[G]`` (mean over the batch), or ``None``."""
     out: list = [None] * len(net.plan.groups)
     B = h[0].shape[1]
-    for gi, dens, m in _group_parts(net, h, query):
+    for gi, dens, m in _group_parts(net, h, query, observed):
         if m is not None:
             dens = dens * m
         out[gi] = jnp.sum(dens.reshape(dens.shape[0], -1), axis=1) / B
@@ -107,6 +143,8 @@ def node_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> dict
 
 
 def _predict(grp: NodeGroup, pre):
+    if grp.energy == "bernoulli":
+        return jax.nn.sigmoid(pre)
     if grp.energy == "categorical":
         shape = pre.shape
         return jax.nn.softmax(pre.reshape(*shape[:2], -1), axis=-1).reshape(shape)
@@ -132,21 +170,25 @@ def predictions(net: Network, h: Acts) -> dict[str, NodeValues]:
     return out
 
 
-def set_leaves(net: Network, h: Acts, query: QueryPlan) -> Acts:
-    """Free leaves take their prediction (μ, or softmax of the logits for categorical)."""
-    need = tuple(any(l) for l in query.leaf)
+def set_leaves(net: Network, h: Acts, query: QueryPlan, observed=None) -> Acts:
+    """Free leaves take their prediction (μ, or softmax of the logits for categorical), and so do
+    the missing elements of partly clamped leaves (with ``observed``)."""
+    keep = [_missing_out(query, observed, gi) for gi in range(len(h))]
+    need = tuple(any(lf) or k is not None for lf, k in zip(query.leaf, keep))
     if not any(need):
         return h
     mu = predict_groups(net, h, need)
     out = list(h)
     for gi, lf in enumerate(query.leaf):
-        if not any(lf):
+        if not need[gi]:
             continue
-        if all(lf):
+        if keep[gi] is None and all(lf):
             out[gi] = mu[gi]
-        else:
-            m = _mask(lf, h[gi].ndim, h[gi].dtype)
-            out[gi] = h[gi] * (1 - m) + mu[gi] * m
+            continue
+        m = _mask(lf, h[gi].ndim, h[gi].dtype) if any(lf) else jnp.zeros((), h[gi].dtype)
+        if keep[gi] is not None:
+            m = 1 - (1 - m) * keep[gi]
+        out[gi] = h[gi] * (1 - m) + mu[gi] * m
     return tuple(out)
 
 

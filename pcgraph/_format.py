@@ -67,8 +67,12 @@ def _node(n: NodeIR) -> str:
     e = n.energy
     if e.kind != "gaussian" or e.precision != 1.0:
         out += f" energy = {format_value(e.kind)}"
-        if e.precision != 1.0:
+        if e.learned:
+            out += f"(precision = {_ident(e.precision)})"
+        elif e.precision != 1.0:
             out += f"(precision = {format_value(float(e.precision))})"
+        elif e.kind == "laplace" and e.scale != 1.0:
+            out += f"(scale = {format_value(float(e.scale))})"
     if n.prior is not None:
         p = n.prior
         out += (f" prior = {format_value(p.kind)}({format_value(float(p.mean))}, "
@@ -109,6 +113,7 @@ def _query(q: QueryIR) -> str:
     parts = []
     if q.clamp:
         parts.append("clamp " + ", ".join(map(_ident, q.clamp)))
+    parts += [f"clamp {_ident(n)} where {_ident(m)}" for n, m in q.partial]
     if q.read:
         parts.append("read " + ", ".join(map(_ident, q.read)))
     parts += [f"init {_ident(n)} = {_ident(m)}" for n, m in q.init]

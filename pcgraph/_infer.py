@@ -25,7 +25,7 @@ predictions at the end (``_energy.set_leaves``).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import diffrax
 import jax
@@ -79,15 +79,33 @@ def _norm(tree):
     return jnp.sqrt(sum(jnp.sum(x * x) for x in leaves))
 
 
-def energy_grad_fn(net: Network, query: QueryPlan, h: Acts, activity_scale: str = "sample"):
-    """``f(free) -> (F, ∇_free F)`` with masks and the batch convention applied."""
+def _observed_masks(query: QueryPlan, masks: tuple, observed) -> tuple:
+    """``masks`` with the observed elements of partly clamped inner nodes held (0)."""
+    if observed is None or not query.partial_inner:
+        return masks
+    out = []
+    for g, m in zip(query.free_groups, masks):
+        pi = query.partial_inner[g]
+        if any(pi):
+            obs = observed[g]
+            sel = np.asarray(pi, dtype=np.float64).reshape((len(pi),) + (1,) * (obs.ndim - 1))
+            held = 1 - jnp.asarray(sel, obs.dtype) * obs
+            m = held if m is None else m * held
+        out.append(m)
+    return tuple(out)
+
+
+def energy_grad_fn(net: Network, query: QueryPlan, h: Acts, activity_scale: str = "sample",
+                   observed=None):
+    """``f(free) -> (F, ∇_free F)`` with masks and the batch convention applied; ``observed``
+    (see :func:`observed_masks`) holds the observed elements of partly clamped nodes."""
     B = h[0].shape[1]
     free0 = tuple(h[g] for g in query.free_groups)
-    masks = _free_masks(query, free0)
+    masks = _observed_masks(query, _free_masks(query, free0), observed)
     scale = float(B) if activity_scale == "sample" else 1.0
 
     def F(free):
-        return energy(net, merge_free(h, query, free), query)
+        return energy(net, merge_free(h, query, free), query, observed)
 
     vg = jax.value_and_grad(F)
 
@@ -118,18 +136,19 @@ def reimpose(free, free0, masks):
 
 # ------------------------------------------------------------------------------ dispatch
 def infer(net: Network, query: QueryPlan, h0: Acts, inference: Inference | None = None, *,
-          record: bool = False) -> InferResult:
+          record: bool = False, observed=None) -> InferResult:
     """Relax the free activities of ``query`` from ``h0`` by ``inference`` (a
     :class:`GradientDescent`, the default, or a :class:`GradientFlow`).
 
     ``record``: keep every step's free activities (``trajectory``) and, for a flow, every step's
-    energy (``energies``, padded with ``inf`` after the last step)."""
+    energy (``energies``, padded with ``inf`` after the last step). ``observed``: the element masks
+    of partly clamped nodes (:func:`observed_masks`)."""
     query.check(net)
     inference = GradientDescent() if inference is None else inference
     if isinstance(inference, GradientDescent):
-        return _descend(net, query, h0, inference, record)
+        return _descend(net, query, h0, inference, record, observed)
     if isinstance(inference, GradientFlow):
-        return _flow(net, query, h0, inference, record)
+        return _flow(net, query, h0, inference, record, observed)
     raise TypeError(f"inference must be a GradientDescent or a GradientFlow, not "
                     f"{type(inference).__name__}")
 
@@ -140,17 +159,17 @@ def _frozen_where(done, old, new):
 
 # ------------------------------------------------------------------------------ discrete
 def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
-             record: bool) -> InferResult:
+             record: bool, observed=None) -> InferResult:
     """``cfg.steps`` optimiser steps on the free activities (one scan, or a while loop when
     ``cfg.tol`` may stop it early and nothing is recorded)."""
     steps, tol = int(cfg.steps), float(cfg.tol)
     fg = query.free_groups
     if not fg or steps == 0:
         z = jnp.zeros((), h0[0].dtype)
-        return InferResult(set_leaves(net, h0, query), jnp.zeros((0,), h0[0].dtype), None,
+        return InferResult(set_leaves(net, h0, query, observed), jnp.zeros((0,), h0[0].dtype), None,
                            jnp.asarray(0), z, jnp.asarray(True))
     opt = cfg.optimizer
-    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale)
+    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale, observed)
     free0 = tuple(h0[g] for g in fg)
     ost0 = opt.init(free0)
     dtype = h0[0].dtype
@@ -197,21 +216,21 @@ def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
         c = (free0, ost0, jnp.asarray(False), jnp.asarray(0))
         (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps)
         gn = gns[-1] if (tol > 0 or record) else _norm(grad_fn(free)[1])
-    h = set_leaves(net, merge_free(h0, query, free), query)
+    h = set_leaves(net, merge_free(h0, query, free), query, observed)
     return InferResult(h, energies, traj, n, gn, done)
 
 
 # ------------------------------------------------------------------------------ ODE
 def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
-          record: bool) -> InferResult:
+          record: bool, observed=None) -> InferResult:
     """Integrate ``dh/dt = −∇_h F`` from 0 to ``cfg.t1`` (default ``steps·dt``) with diffrax."""
     fg = query.free_groups
     dtype = h0[0].dtype
     if not fg:
         z = jnp.zeros((), dtype)
-        return InferResult(set_leaves(net, h0, query), None, None, jnp.asarray(0), z,
+        return InferResult(set_leaves(net, h0, query, observed), None, None, jnp.asarray(0), z,
                            jnp.asarray(True))
-    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale)
+    grad_fn, masks = energy_grad_fn(net, query, h0, cfg.activity_scale, observed)
     free0 = tuple(h0[g] for g in fg)
     dt = float(cfg.dt)
     t1 = float(cfg.steps * dt if cfg.t1 is None else cfg.t1)
@@ -240,7 +259,7 @@ def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
         last = jax.tree_util.tree_map(lambda a: a[jnp.maximum(n - 1, 0)], traj)
 
         def e_of(free):
-            return energy(net, merge_free(h0, query, free), query)
+            return energy(net, merge_free(h0, query, free), query, observed)
 
         energies = jax.lax.map(e_of, traj)
         energies = jnp.where(jnp.arange(energies.shape[0]) < n, energies, jnp.inf)
@@ -250,7 +269,7 @@ def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
     last = reimpose(last, free0, masks)
     gn = _norm(grad_fn(last)[1])
     converged = sol.event_mask if event is not None else jnp.asarray(False)
-    h = set_leaves(net, merge_free(h0, query, last), query)
+    h = set_leaves(net, merge_free(h0, query, last), query, observed)
     return InferResult(h, energies, traj, n, gn, jnp.asarray(converged))
 
 
@@ -258,22 +277,73 @@ def _flow(net: Network, query: QueryPlan, h0: Acts, cfg: GradientFlow,
 def clamp_data(net: Network, query: QueryPlan, data: Batch, dtype=None) -> Acts:
     """``Acts`` with the clamped nodes of ``query`` set from ``data`` (zeros elsewhere).
 
-    Integer label vectors ``[B]`` for a vector node are one-hot encoded."""
+    Integer label vectors ``[B]`` for a vector node are one-hot encoded. Partly clamped nodes
+    (``clamp img where mask``) are set from ``data`` too (their missing elements are zeroed);
+    :func:`observed_masks` gives their masks."""
     dtype = dtype or net.dtype
-    missing = [n for n in query.clamp if n not in data]
+    partial = {n: m for n, m in query.partial}
+    missing = [n for n in (*query.clamp, *partial) if n not in data]
+    missing += [m for m in partial.values() if m not in data]
     if missing:
         raise KeyError(f"query {query.name!r} clamps {', '.join(missing)} but the batch lacks them")
     vals = {}
-    for n in query.clamp:
+    for n in (*query.clamp, *partial):
         v = jnp.asarray(data[n])
         shape = net.node_shape(n)
         if v.ndim == 1 and len(shape) == 1 and jnp.issubdtype(v.dtype, jnp.integer):
             v = jax.nn.one_hot(v, shape[0], dtype=dtype)
         vals[n] = v.astype(dtype)
+        if n in partial:
+            vals[n] = vals[n] * _element_mask(net, n, data[partial[n]], vals[n].shape, dtype)
     B = next(iter(vals.values())).shape[0] if vals else None
     if B is None:
         raise ValueError(f"query {query.name!r} clamps nothing: give the batch size")
     return net.pack(vals, batch=B, dtype=dtype)
+
+
+def _element_mask(net: Network, node: str, mask, shape, dtype):
+    """A 0/1 mask of ``shape`` (anything non-zero is observed)."""
+    m = jnp.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError(f"the mask of node {node!r} has shape {tuple(m.shape)}; it must have the "
+                         f"node's data shape {tuple(shape)} (1 = observed, 0 = missing)")
+    return (m != 0).astype(dtype)
+
+
+def observed_masks(net: Network, query: QueryPlan, data: Mapping[str, Any], dtype=None):
+    """Per node group, ``None`` or a 0/1 ``[G, B, *shape]`` array: for each partly clamped node
+    (``clamp NODE where MASK``) the mask ``data[MASK]`` (1 = observed), ones for the group's other
+    nodes. ``None`` for a query without partial observations."""
+    if not query.partial:
+        return None
+    dtype = dtype or net.dtype
+    part = dict(query.partial)
+    out = []
+    for g in net.plan.groups:
+        if not any(n in part for n in g.names):
+            out.append(None)
+            continue
+        B = next(len(data[n]) for n in g.names if n in part)
+        out.append(jnp.stack([_element_mask(net, n, data[part[n]], (B, *g.shape), dtype)
+                              if n in part else jnp.ones((B, *g.shape), dtype)
+                              for n in g.names]))
+    return tuple(out)
+
+
+def impose_observed(query: QueryPlan, h0: Acts, h: Acts, observed) -> Acts:
+    """``h0`` with the observed elements of partly clamped nodes taken from ``h`` (the data)."""
+    if observed is None:
+        return h0
+    part = {n for n, _ in query.partial}
+    out = list(h0)
+    for gi, names in enumerate(query.layout):
+        if observed[gi] is None:
+            continue
+        sel = np.asarray([n in part for n in names], dtype=np.float64)
+        sel = jnp.asarray(sel.reshape((len(names),) + (1,) * (h0[gi].ndim - 1)), h0[gi].dtype)
+        w = sel * observed[gi]
+        out[gi] = h0[gi] * (1 - w) + h[gi] * w
+    return tuple(out)
 
 
 def relax(
@@ -286,12 +356,15 @@ def relax(
     key=None,
 ) -> InferResult:
     """Convenience (not jitted): clamp ``data``, initialise (``init``: an ``Initialisation``;
-    default the model's policy), infer (``inference``: default the model's settings)."""
+    default the model's policy), infer (``inference``: default the model's settings). A query
+    with partial observations (``clamp img where mask``) takes each mask from ``data`` beside the
+    node's values: ``relax(net, "inpaint", {"img": x, "mask": m})``."""
     from ._init import initialise
 
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     if inference is None:
         inference = resolve_config(net.plan.settings).inference
     h = clamp_data(net, q, data)
-    h0 = initialise(net, q, h, init, key=key)
-    return infer(net, q, h0, inference)
+    observed = observed_masks(net, q, data, h[0].dtype)
+    h0 = impose_observed(q, initialise(net, q, h, init, key=key), h, observed)
+    return infer(net, q, h0, inference, observed=observed)

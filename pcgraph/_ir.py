@@ -40,10 +40,17 @@ Scalar = int | float | bool | str
 
 @dataclass(frozen=True)
 class EnergyIR:
-    """The energy of a node with parents: ``gaussian`` (½·precision·‖ε‖²) or ``categorical``."""
+    """The energy of a node with parents: ``gaussian`` (½·precision·‖ε‖², ``precision`` a number or
+    ``learned`` / ``learned_diagonal``), ``categorical``, ``bernoulli`` (logits) or ``laplace``
+    (‖ε‖₁ / scale)."""
 
     kind: str = "gaussian"
-    precision: float = 1.0
+    precision: float | str = 1.0
+    scale: float = 1.0
+
+    @property
+    def learned(self) -> bool:
+        return isinstance(self.precision, str)
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,9 @@ class EdgeIR:
 
 @dataclass(frozen=True)
 class QueryIR:
-    """A named query: which nodes are clamped (held at data), read out, and (optionally) per-node
-    initialisation overrides. Every node that is not clamped is free."""
+    """A named query: which nodes are clamped (held at data), partly clamped (by an element mask
+    that comes with the data), read out, and (optionally) per-node initialisation overrides. Every
+    node that is not clamped is free."""
 
     name: str
     clamp: tuple[str, ...] = ()
@@ -130,6 +138,10 @@ class QueryIR:
     span: Span = field(default=NO_SPAN, compare=False)
     # spans of each named node, for diagnostics pointing at the exact name
     name_spans: tuple[tuple[str, Span], ...] = field(default=(), compare=False)
+    # partial observations ``clamp NODE where MASK``: (node, mask) pairs; the data holds an element
+    # mask ``MASK`` of the node's shape (1 = observed, clamped; 0 = missing, free). Such a node is
+    # not in ``clamp``: it counts as free for feasibility and initialisation.
+    partial: tuple[tuple[str, str], ...] = ()
 
 
 # Settings every model has, with defaults: the registry holds them (one place).

@@ -4,6 +4,7 @@ pre-activations of every node group."""
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import jax
@@ -96,6 +97,14 @@ def _apply_step(st: StepSpec, p: Mapping[str, jax.Array], x):
         if "b" in p:
             y = y + p["b"][:, None, :, None, None]
         return y
+    if st.kind == "conv_transpose":
+        y = jax.vmap(functools.partial(_conv_transpose, st))(x, p["W"])
+        if "b" in p:
+            y = y + p["b"][:, None, :, None, None]
+        return y
+    if st.kind == "upsample":
+        f = st.stride
+        return jnp.repeat(jnp.repeat(x, f, axis=-2), f, axis=-1)
     if st.kind in ("maxpool", "avgpool"):
         w, s = st.kernel, st.stride
         dims, strides = (1, 1, 1, w, w), (1, 1, 1, s, s)
@@ -103,6 +112,17 @@ def _apply_step(st: StepSpec, p: Mapping[str, jax.Array], x):
             return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, "VALID")
         return jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, "VALID") / (w * w)
     raise ValueError(f"unknown transform {st.kind!r}")
+
+
+def _conv_transpose(st: StepSpec, x, W):
+    """The transposed convolution of ``x: [B, I, H, W]`` with ``W: [O, I, k, k]``: the adjoint
+    (vector-Jacobian product) of the convolution with kernel ``W`` read as ``[I, O, k, k]``, the
+    same stride and padding: a stride-dilated input, padded by ``k − 1 − p``, convolved with the
+    spatially flipped kernel. Output ``(H − 1)·s − 2p + k``."""
+    q = st.kernel - 1 - st.padding
+    return jax.lax.conv_general_dilated(
+        x, W[:, :, ::-1, ::-1], (1, 1), [(q, q), (q, q)], lhs_dilation=(st.stride, st.stride),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"))
 
 
 def _scale(x, scales: tuple[float, ...]):

@@ -42,6 +42,14 @@ from ._query import QueryPlan, compile_query
 from ._registry import ALGORITHMS
 
 
+def _no_partial(q: QueryPlan, what: str) -> None:
+    if q.partial:
+        n, m = q.partial[0]
+        raise ValueError(f"query {q.name!r} clamps {n!r} where {m!r} (a partial observation); "
+                         f"such a query is not {what}: answer it with pcgraph.relax(net, "
+                         f"{q.name!r}, {{{n!r}: values, {m!r}: mask}})")
+
+
 def _params(net: Network):
     return eqx.filter(net, eqx.is_inexact_array)
 
@@ -152,6 +160,7 @@ def make_train_step(
         raise ValueError(f"unknown method {method!r}; known: {', '.join(ALGORITHMS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
+    _no_partial(q, "trained on")
     inference, init, wopt = _defaults(net, inference, init, weight_optimizer)
     L = _longest_path(net)
     if method == "bp":
@@ -302,6 +311,7 @@ def make_eval_step(
     so at test avg nodes are forward-initialised (an error where forward is impossible)."""
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
+    _no_partial(q, "evaluated by this step")
     inference, init, _ = _defaults(net, inference, init, need_weights=False)
     reads = q.read or tuple(n for n in net.plan.node_names if n not in q.clamp)
     direct_order = None

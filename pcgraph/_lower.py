@@ -39,6 +39,7 @@ from ._ir import (
     TermIR,
     TransformIR,
 )
+from ._registry import ENERGY_ARGS, LEARNED_PRECISIONS
 from ._syntax import read_source
 
 __all__ = ["lower"]
@@ -47,6 +48,13 @@ TERM_OPTIONS = ("pre", "bias", "init")  # keyword arguments that belong to the t
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 Number = int | float
 Value = int | float | bool | str
+
+
+def _callee(val: Tree) -> str | None:
+    """The name of ``name`` or ``name(args)`` (``None`` for anything else)."""
+    if isinstance(val, Tree) and val.data in ("var", "call"):
+        return str(val.children[0])
+    return None
 
 
 class _Fail(Exception):
@@ -426,9 +434,11 @@ class _Lowering:
                 raise self.error(f"node option {key!r} is given twice", span, code="duplicate",
                                  ctx=ctx)
             if key == "energy":
-                kind, args = self.call(val, ctx, ("precision",))
+                kind, args = self.call(val, ctx, ENERGY_ARGS.get(_callee(val), ("precision",)),
+                                       names_ok=LEARNED_PRECISIONS)
                 prec = args.get("precision", 1.0)
-                kw["energy"] = EnergyIR(kind, float(prec))
+                kw["energy"] = EnergyIR(kind, prec if isinstance(prec, str) else float(prec),
+                                        float(args.get("scale", 1.0)))
             elif key == "prior":
                 kind, args = self.call(val, ctx, ("mean", "std"))
                 kw["prior"] = PriorIR(kind, float(args.get("mean", 0.0)), float(args.get("std", 1.0)))
@@ -442,8 +452,10 @@ class _Lowering:
         for name, span in names:
             self.out.nodes.append(NodeIR(name, tuple(dims), span=span, **kw))
 
-    def call(self, val: Tree, ctx: _Ctx, names: tuple[str, ...]) -> tuple[str, dict[str, Number]]:
-        """``gaussian`` or ``gaussian(2.0)`` / ``gaussian(precision = 2.0)`` → (kind, {arg: number})."""
+    def call(self, val: Tree, ctx: _Ctx, names: tuple[str, ...],
+             names_ok: frozenset = frozenset()) -> tuple[str, dict[str, Number | str]]:
+        """``gaussian`` or ``gaussian(2.0)`` / ``gaussian(precision = 2.0)`` → (kind, {arg: number});
+        an argument may also be one of the identifiers ``names_ok`` (``precision = learned``)."""
         if val.data == "var":
             return str(val.children[0]), {}
         if val.data != "call":
@@ -465,8 +477,11 @@ class _Lowering:
                 raise self.error(f"argument {k!r} is given twice", span, code="duplicate", ctx=ctx)
             out[k] = v
         for k, v in out.items():
+            if isinstance(v, str) and v in names_ok:
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise self.error(f"{kind_tok}: {k} must be a number, got {v!r}",
+                also = f" or one of {', '.join(sorted(names_ok))}" if names_ok else ""
+                raise self.error(f"{kind_tok}: {k} must be a number{also}, got {v!r}",
                                  self.span(ctx.file, val), code="bad-value", ctx=ctx)
         return str(kind_tok), out
 
@@ -546,9 +561,13 @@ class _Lowering:
 
     def query_stmt(self, st: Tree, ctx: _Ctx) -> None:
         name_tok, *items = st.children
-        clamp, read, init, spans = [], [], [], []
+        clamp, read, init, spans, partial = [], [], [], [], []
         for it in items:
-            if it.data in ("clamp", "read"):
+            if it.data == "clamp_where":
+                name, span = self.name(it.children[0], ctx)
+                partial.append((name, str(it.children[1])))
+                spans.append((name, span))
+            elif it.data in ("clamp", "read"):
                 names = self.names(it.children[0], ctx)
                 (clamp if it.data == "clamp" else read).extend(n for n, _ in names)
                 spans.extend(names)
@@ -558,7 +577,8 @@ class _Lowering:
                 init.append((name, str(method)))
                 spans.append((name, span))
         self.out.queries.append(QueryIR(str(name_tok), tuple(clamp), tuple(read), tuple(init),
-                                        span=self.span(ctx.file, st), name_spans=tuple(spans)))
+                                        span=self.span(ctx.file, st), name_spans=tuple(spans),
+                                        partial=tuple(partial)))
 
     # ---- loops and blocks ----------------------------------------------------------------------
     def for_stmt(self, st: Tree, ctx: _Ctx) -> None:

@@ -97,6 +97,9 @@ class Network(eqx.Module):
 
     params: tuple
     plan: NetPlan = eqx.field(static=True)
+    # per node group: None, or the log-precisions of a learned-precision gaussian group, ``[G]``
+    # (precision = learned) or ``[G, *shape]`` (learned_diagonal); trained with the weights
+    precisions: tuple = ()
 
     # ---- names and layout
     @property
@@ -206,6 +209,23 @@ class Network(eqx.Module):
             new.append(tuple(steps))
         return eqx.tree_at(lambda net: net.params, self, tuple(new))
 
+    def log_precision(self, gi: int):
+        """The learned log-precisions of node group ``gi``, broadcastable against its
+        activities ``[G, B, *shape]`` (``None`` when the group's precision is fixed)."""
+        lp = self.precisions[gi] if gi < len(self.precisions) else None
+        if lp is None:
+            return None
+        g = self.plan.groups[gi]
+        if lp.ndim == 1:
+            return lp.reshape((g.size,) + (1,) * (1 + len(g.shape)))
+        return lp[:, None]
+
+    def learned_precisions(self) -> dict[str, jax.Array]:
+        """``{node: precision}`` (a scalar, or an array of the node's shape) for every node whose
+        precision is learned."""
+        return {n: jnp.exp(lp[i]) for g, lp in zip(self.plan.groups, self.precisions)
+                if lp is not None for i, n in enumerate(g.names)}
+
     def n_params(self) -> int:
         return sum(a.size for a in jax.tree_util.tree_leaves(self.params))
 
@@ -230,4 +250,14 @@ def build(
         key = jax.random.PRNGKey(seed)
     dtype = dtype or _default_float()
     params = tuple(_init_term_group(tg, key, dtype) for tg in plan.terms)
-    return Network(params=params, plan=plan)
+    return Network(params=params, plan=plan, precisions=_init_precisions(plan, dtype))
+
+
+def _init_precisions(plan: NetPlan, dtype) -> tuple:
+    """Log-precisions 0 (precision 1) for each learned-precision group, None elsewhere."""
+    if not any(g.learned_precision for g in plan.groups):
+        return ()
+    return tuple(
+        None if not g.learned_precision else jnp.zeros(
+            (g.size, *g.shape) if g.precision == "learned_diagonal" else (g.size,), dtype)
+        for g in plan.groups)

@@ -57,7 +57,15 @@ import networkx as nx
 from ._graph import natural_key, to_graph, weight_depth
 from ._ir import ModelIR, SettingsIR
 from ._registry import PARAMETERISATIONS, WEIGHT_INITS
-from ._shapes import PARAMETRIC, Step, conv_geometry, fan_in, pool_geometry, resolve_chain
+from ._shapes import (
+    PARAMETRIC,
+    Step,
+    conv_geometry,
+    fan_in,
+    pool_geometry,
+    resolve_chain,
+    upsample_factor,
+)
 
 from ._custom_types import Acts as Acts  # noqa: E402 - one array [G, B, *shape] a node group
 
@@ -92,9 +100,11 @@ class StepSpec:
 def _step_spec(step: Step) -> StepSpec:
     k = s = p = 0
     fo = 1
-    if step.kind == "conv":
+    if step.kind in ("conv", "conv_transpose"):
         k, s, p = conv_geometry(step.transform, step.in_shape)
         fo = step.out_shape[0] * k * k
+    elif step.kind == "upsample":
+        s = upsample_factor(step.transform)
     elif step.kind in ("maxpool", "avgpool"):
         k, s = pool_geometry(step.transform)
     elif step.kind == "dense":
@@ -108,10 +118,15 @@ class NodeGroup:
     names: tuple[str, ...]
     shape: tuple[int, ...]
     act: str
-    energy: str  # gaussian | categorical
-    precision: float
+    energy: str  # gaussian | categorical | bernoulli | laplace
+    precision: float | str  # a number, or learned / learned_diagonal (see Network.precisions)
     prior: tuple[str, float, float] | None  # (kind, mean, std) on parentless nodes
     has_parents: bool
+    scale: float = 1.0  # laplace
+
+    @property
+    def learned_precision(self) -> bool:
+        return isinstance(self.precision, str) and self.has_parents
 
     @property
     def size(self) -> int:
@@ -248,11 +263,13 @@ def _node_groups(model: ModelIR, parents: dict, stack) -> list[NodeGroup]:
     """Nodes grouped by signature (shape, act, energy, precision, prior, has parents)."""
     def node_sig(n):
         has_p = bool(parents[n.name])
-        prec = float(n.energy.precision) if n.energy.kind == "gaussian" else 1.0
+        e = n.energy
+        prec = (e.precision if e.learned else float(e.precision)) if e.kind == "gaussian" else 1.0
+        scale = float(e.scale) if e.kind == "laplace" else 1.0
         prior = None
         if n.prior is not None and not has_p:
             prior = (n.prior.kind, float(n.prior.mean), float(n.prior.std))
-        return (tuple(n.shape), n.act, n.energy.kind, prec, prior, has_p)
+        return (tuple(n.shape), n.act, e.kind, prec, prior, has_p, scale)
 
     nodes = {n.name: n for n in model.nodes}
     by_sig: dict[tuple, list[str]] = {}

@@ -34,6 +34,13 @@ class QueryPlan:
     counts: tuple[tuple[bool, ...], ...]
     init: tuple[tuple[str, str], ...] = ()
     query: QueryIR | None = field(default=None, compare=False, repr=False)
+    # partial observations: (node, mask name) pairs, and per group which members are partly
+    # clamped leaves (not inference variables: observed elements are data, missing ones take their
+    # prediction, and only observed elements count in F) and partly clamped inner nodes (inference
+    # variables whose observed elements are re-imposed every step)
+    partial: tuple[tuple[str, str], ...] = ()
+    partial_leaf: tuple[tuple[bool, ...], ...] = ()
+    partial_inner: tuple[tuple[bool, ...], ...] = ()
 
     @functools.cached_property
     def free_groups(self) -> tuple[int, ...]:
@@ -81,6 +88,7 @@ def _as_query(model: ModelIR | None, query) -> QueryIR:
             clamp=tuple(query.get("clamp", ())),
             read=tuple(query.get("read", ())),
             init=tuple(dict(query.get("init", {})).items()),
+            partial=tuple(dict(query.get("partial", {})).items()),
         )
     if isinstance(query, (tuple, list)):
         return QueryIR(name="<api>", clamp=tuple(query))
@@ -97,23 +105,30 @@ def compile_query(net_or_model, query, *, stack="auto") -> QueryPlan:
     else:
         plan = plan_network(net_or_model, stack=stack)
     q = _as_query(plan.model, query)
-    for n in (*q.clamp, *q.read, *(m for m, _ in q.init)):
+    for n in (*q.clamp, *q.read, *(m for m, _ in q.init), *(m for m, _ in q.partial)):
         if n not in plan.loc:
             raise KeyError(f"query {q.name!r} names unknown node {n!r}")
     clamp = set(q.clamp)
-    children, parents = plan.children_of, plan.parents_of
-    clamped, free, leaf, counts = [], [], [], []
+    part = {n for n, _ in q.partial}
+    if part & clamp:
+        raise ValueError(f"query {q.name!r} clamps {', '.join(sorted(part & clamp))} both whole "
+                         "and by a mask")
+    children = plan.children_of
+    clamped, free, leaf, counts, p_leaf, p_inner = [], [], [], [], [], []
     for g in plan.groups:
         c = tuple(n in clamp for n in g.names)
-        lf = tuple((n not in clamp) and not children[n] for n in g.names)
-        fr = tuple((not ci) and (not li) for ci, li in zip(c, lf))
+        pl = tuple(n in part and not children[n] for n in g.names)
+        pi = tuple(n in part and bool(children[n]) for n in g.names)
+        lf = tuple((n not in clamp) and (n not in part) and not children[n] for n in g.names)
+        fr = tuple((not ci) and (not li) and (not pli) for ci, li, pli in zip(c, lf, pl))
         has_energy = g.has_parents or g.prior is not None
         ct = tuple(has_energy and not li for li in lf)
         clamped.append(c)
         free.append(fr)
         leaf.append(lf)
         counts.append(ct)
-    del parents
+        p_leaf.append(pl)
+        p_inner.append(pi)
     return QueryPlan(
         name=q.name,
         layout=plan.layout,
@@ -125,4 +140,7 @@ def compile_query(net_or_model, query, *, stack="auto") -> QueryPlan:
         counts=tuple(counts),
         init=tuple(q.init),
         query=q,
+        partial=tuple(q.partial),
+        partial_leaf=tuple(p_leaf) if part else (),
+        partial_inner=tuple(p_inner) if part else (),
     )

@@ -22,7 +22,15 @@ ACTIVATIONS = frozenset(
 WEIGHT_INITS = frozenset(
     {"default", "lecun", "normal", "xavier", "glorot", "kaiming", "he", "zeros", "orthogonal"}
 )
-ENERGIES = frozenset({"gaussian", "categorical"})
+ENERGIES = frozenset({"gaussian", "categorical", "bernoulli", "laplace"})
+# the arguments each energy takes (``energy = laplace(scale = 0.5)``), in positional order
+ENERGY_ARGS = {"gaussian": ("precision",), "categorical": (), "bernoulli": (), "laplace": ("scale",)}
+# ``gaussian(precision = learned)``: one learned precision per node; ``learned_diagonal``: one per
+# element (a diagonal precision matrix)
+LEARNED_PRECISIONS = frozenset({"learned", "learned_diagonal"})
+# energies whose prediction is a distribution over the node's values, not a value: output leaves
+# only, and their node's ``act`` must stay identity (the energy applies its own link function)
+LINKED_ENERGIES = frozenset({"categorical", "bernoulli"})
 PRIORS = frozenset({"gaussian"})
 PARAMETERISATIONS = ("standard", "mupc")
 #: inference solvers: ``gd`` (optax steps in a scan) and the diffrax gradient-flow solvers

@@ -4,10 +4,14 @@ Shapes are per sample (no batch axis): a vector ``(784,)``, an image ``(C, H, W)
 these rules to report mismatches; the network builder uses them to size parameters, so both agree.
 
 A chain ``t1 |> t2 |> ... |> tk`` maps the source shape to the target shape. A parametric transform
-(``dense``, ``conv``) that is not given its output size takes it from the target: ``dense`` as the
-last transform produces exactly the target shape (reshaping if the target is a tensor); ``conv``
-takes the target's channels when only shape-preserving-in-channels transforms (pooling, identity)
-follow it. Elsewhere they need ``out=``.
+(``dense``, ``conv``, ``conv_transpose``) that is not given its output size takes it from the
+target: ``dense`` as the last transform produces exactly the target shape (reshaping if the target
+is a tensor); ``conv``/``conv_transpose`` take the target's channels when only
+shape-preserving-in-channels transforms (pooling, upsampling, identity) follow. Elsewhere they need
+``out=``.
+
+Spatial sizes: ``conv`` ``(H + 2p − k) // s + 1``; ``conv_transpose`` (the adjoint of that conv)
+``(H − 1)·s − 2p + k``; ``upsample(f)`` (nearest neighbour) ``f·H``; pooling ``(H − w) // s + 1``.
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ from dataclasses import dataclass
 from ._errors import Error
 from ._ir import TransformIR
 
-PARAMETRIC = frozenset({"dense", "conv"})
-TRANSFORMS = frozenset({"dense", "conv", "identity", "maxpool", "avgpool", "flatten"})
+PARAMETRIC = frozenset({"dense", "conv", "conv_transpose"})
+TRANSFORMS = frozenset({"dense", "conv", "conv_transpose", "identity", "maxpool", "avgpool",
+                        "upsample", "flatten"})
 # which keyword arguments each transform accepts (positional ones are listed first, in order)
 TRANSFORM_ARGS: dict[str, tuple[str, ...]] = {
     "dense": ("out",),
     "conv": ("kernel", "stride", "padding", "out"),
+    "conv_transpose": ("kernel", "stride", "padding", "out"),
     "identity": (),
     "maxpool": ("window", "stride"),
     "avgpool": ("window", "stride"),
+    "upsample": ("factor",),
     "flatten": (),
 }
-_CHANNEL_PRESERVING = frozenset({"identity", "maxpool", "avgpool"})
+_CHANNEL_PRESERVING = frozenset({"identity", "maxpool", "avgpool", "upsample"})
+_CONVS = frozenset({"conv", "conv_transpose"})
 
 
 class ShapeError(Error, ValueError):
@@ -75,21 +83,32 @@ def _int_arg(t: TransformIR, name: str, default):
 
 
 def conv_geometry(t: TransformIR, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """(kernel, stride, padding) of a conv transform, ``padding = same`` resolved."""
+    """(kernel, stride, padding) of a conv or conv_transpose transform, ``padding = same``
+    resolved."""
     k = _int_arg(t, "kernel", 3)
     s = _int_arg(t, "stride", 1)
     p = arg(t, "padding", 0)
     if p == "same":
         if s != 1:
-            raise ShapeError("conv: padding = same needs stride = 1", t)
+            raise ShapeError(f"{t.kind}: padding = same needs stride = 1", t)
         if k % 2 == 0:
-            raise ShapeError("conv: padding = same needs an odd kernel", t)
+            raise ShapeError(f"{t.kind}: padding = same needs an odd kernel", t)
         p = k // 2
     elif isinstance(p, bool) or not isinstance(p, int) or p < 0:
-        raise ShapeError(f"conv: padding must be a non-negative integer or same, got {p!r}", t)
+        raise ShapeError(f"{t.kind}: padding must be a non-negative integer or same, got {p!r}", t)
     if k < 1 or s < 1:
-        raise ShapeError("conv: kernel and stride must be at least 1", t)
+        raise ShapeError(f"{t.kind}: kernel and stride must be at least 1", t)
+    if t.kind == "conv_transpose" and p > k - 1:
+        raise ShapeError(f"conv_transpose: padding must be at most kernel - 1 = {k - 1}, got {p}",
+                         t)
     return k, s, p
+
+
+def upsample_factor(t: TransformIR) -> int:
+    f = _int_arg(t, "factor", 2)
+    if f < 1:
+        raise ShapeError("upsample: factor must be at least 1", t)
+    return f
 
 
 def pool_geometry(t: TransformIR) -> tuple[int, int]:
@@ -140,7 +159,7 @@ def resolve_chain(
                 if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                     raise ShapeError(f"dense: out must be a positive integer, got {n!r}", t)
                 out = (n,)
-        elif t.kind == "conv":
+        elif t.kind in _CONVS:
             _need_image(t, shape)
             k, s, p = conv_geometry(t, shape)
             c = arg(t, "out")
@@ -148,12 +167,22 @@ def resolve_chain(
                 if all(r.kind in _CHANNEL_PRESERVING for r in rest) and len(target) == 3:
                     c = target[0]
                 else:
-                    raise ShapeError("conv here needs out=CHANNELS", t)
-            h = (shape[1] + 2 * p - k) // s + 1
-            w = (shape[2] + 2 * p - k) // s + 1
+                    raise ShapeError(f"{t.kind} here needs out=CHANNELS", t)
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+                raise ShapeError(f"{t.kind}: out must be a positive integer, got {c!r}", t)
+            if t.kind == "conv":
+                h = (shape[1] + 2 * p - k) // s + 1
+                w = (shape[2] + 2 * p - k) // s + 1
+            else:  # the adjoint of a conv with the same kernel, stride and padding
+                h = (shape[1] - 1) * s - 2 * p + k
+                w = (shape[2] - 1) * s - 2 * p + k
             if h < 1 or w < 1:
-                raise ShapeError(f"conv kernel {k} does not fit input {list(shape)}", t)
+                raise ShapeError(f"{t.kind} kernel {k} does not fit input {list(shape)}", t)
             out = (int(c), h, w)
+        elif t.kind == "upsample":
+            _need_image(t, shape)
+            f = upsample_factor(t)
+            out = (shape[0], shape[1] * f, shape[2] * f)
         else:  # maxpool / avgpool
             _need_image(t, shape)
             w_, s = pool_geometry(t)
@@ -192,7 +221,7 @@ def param_shapes(step: Step, bias: bool) -> dict[str, tuple[int, ...]]:
         if bias:
             shapes["b"] = (n_out,)
         return shapes
-    if step.kind == "conv":
+    if step.kind in _CONVS:
         k, _, _ = conv_geometry(step.transform, step.in_shape)
         shapes = {"W": (step.out_shape[0], step.in_shape[0], k, k)}
         if bias:
@@ -208,4 +237,7 @@ def fan_in(step: Step) -> int:
     if step.kind == "conv":
         k, _, _ = conv_geometry(step.transform, step.in_shape)
         return step.in_shape[0] * k * k
+    if step.kind == "conv_transpose":  # each output sees about (k / stride)² input positions
+        k, s, _ = conv_geometry(step.transform, step.in_shape)
+        return max(1, step.in_shape[0] * k * k // (s * s))
     return 1

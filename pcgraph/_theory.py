@@ -84,8 +84,8 @@ def check_linear(net: Network) -> None:
     """Raise unless every node activation, pre-activation and energy is linear-gaussian."""
     bad = [f"node group {g.names[0]}…: act {g.act}" for g in net.plan.groups
            if g.act not in ("identity", "linear") and g.has_parents]
-    bad += [f"node group {g.names[0]}…: categorical energy" for g in net.plan.groups
-            if g.energy == "categorical" and g.has_parents]
+    bad += [f"node group {g.names[0]}…: {g.energy} energy" for g in net.plan.groups
+            if g.energy != "gaussian" and g.has_parents]
     bad += [f"term {t.names[0]}…: pre {t.pre}" for t in net.plan.terms
             if t.pre not in ("identity", "linear")]
     bad += [f"term {t.names[0]}…: maxpool" for t in net.plan.terms

@@ -28,7 +28,17 @@ from ._feasibility import (
 )
 from ._graph import natural_key
 from ._ir import NO_SPAN, EdgeIR, ModelIR, QueryIR, Span, TermIR
-from ._registry import ACTIVATIONS, DEFAULT_SETTINGS, INIT_METHODS, ENERGIES, PRIORS, SETTINGS, WEIGHT_INITS
+from ._registry import (
+    ACTIVATIONS,
+    DEFAULT_SETTINGS,
+    ENERGIES,
+    INIT_METHODS,
+    LEARNED_PRECISIONS,
+    LINKED_ENERGIES,
+    PRIORS,
+    SETTINGS,
+    WEIGHT_INITS,
+)
 from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, param_shapes, resolve_chain
 
 # allowed values of string settings (the registry's); other settings are typed by their default
@@ -174,10 +184,21 @@ class _Validator:
                         ACTIVATIONS, n.span)
             self.choice("unknown-energy", f"node {n.name!r}: energy", n.energy.kind, ENERGIES,
                         n.span)
-            if not _positive(n.energy.precision):
+            if not (_positive(n.energy.precision) or n.energy.precision in LEARNED_PRECISIONS):
                 self.error("bad-precision", f"node {n.name!r}: precision must be a positive "
-                           f"number, got {n.energy.precision!r}",
-                           self.locate(n.span, "precision"), "use e.g. precision = 1")
+                           f"number or one of {', '.join(sorted(LEARNED_PRECISIONS))}, got "
+                           f"{n.energy.precision!r}",
+                           self.locate(n.span, "precision"),
+                           "use e.g. precision = 1, or precision = learned")
+            if not _positive(n.energy.scale):
+                self.error("bad-scale", f"node {n.name!r}: the laplace scale must be a positive "
+                           f"number, got {n.energy.scale!r}", self.locate(n.span, "scale"),
+                           "use e.g. energy = laplace(scale = 1)")
+            if n.energy.kind == "bernoulli" and n.act != "identity":
+                self.error("bernoulli-act", f"node {n.name!r}: a bernoulli node's prediction is "
+                           f"a logit (the energy applies the sigmoid), so act = {n.act} would be "
+                           "applied twice", self.locate(n.span, "act"),
+                           "remove the act option of this node")
             if n.prior is not None:
                 self.choice("unknown-prior", f"node {n.name!r}: prior", n.prior.kind, PRIORS,
                             n.span)
@@ -309,13 +330,14 @@ class _Validator:
                     "amortised `~>` edges are not part of the energy",
                 )
                 continue
-            if n.energy.kind == "categorical" and G.out_degree(name) > 0:
+            if n.energy.kind in LINKED_ENERGIES and G.out_degree(name) > 0:
                 kids = ", ".join(sorted(G.successors(name), key=natural_key))
+                kind = n.energy.kind
                 self.error(
-                    "categorical-not-leaf",
-                    f"node {name!r} has categorical energy but predicts other nodes ({kids})",
-                    self.locate(n.span, "categorical"),
-                    "categorical energy is only for output leaves; use energy = gaussian",
+                    f"{kind}-not-leaf",
+                    f"node {name!r} has {kind} energy but predicts other nodes ({kids})",
+                    self.locate(n.span, kind),
+                    f"{kind} energy is only for output leaves; use energy = gaussian",
                 )
             if n.prior is not None and G.in_degree(name) > 0:
                 parents = ", ".join(sorted(G.predecessors(name), key=natural_key))
@@ -386,7 +408,8 @@ class _Validator:
                 s = spans.get((role, name), [])
                 return s[k] if k < len(s) else (s[-1] if s else qspan)
 
-            for role, names in (("clamp", q.clamp), ("read", q.read),
+            partial = [n for n, _ in q.partial]
+            for role, names in (("clamp", [*q.clamp, *partial]), ("read", q.read),
                                 ("init", [n for n, _ in q.init])):
                 for name in dict.fromkeys(names):
                     if name not in self.nodes:
@@ -400,6 +423,7 @@ class _Validator:
                            f"{name!r}", span_of("read", name),
                            "a clamped node is held at data, so reading it returns the data; "
                            "remove it from `read` (or from `clamp`)")
+            self.check_partial(q, span_of)
             seen_init: dict[str, int] = {}
             for name, method in q.init:
                 k = seen_init[name] = seen_init.get(name, -1) + 1
@@ -414,12 +438,34 @@ class _Validator:
                     self.error("init-of-clamped", f"query {q.name!r} sets the init of "
                                f"{name!r}, which it clamps", where,
                                "clamped nodes hold data; remove the init")
-            clamped = {c for c in q.clamp if c in self.nodes}
-            if not q.clamp:
+            # a partly clamped node is free for feasibility, but its observed elements tie its
+            # component to data
+            clamped = {c for c in (*q.clamp, *partial) if c in self.nodes}
+            if not clamped and not q.clamp:
                 self.error("clamps-nothing", f"query {q.name!r} clamps no node", qspan,
                            "add `clamp x` with the node(s) that receive data")
                 continue
             self.check_unconstrained(q, G, clamped, qspan)
+
+    def check_partial(self, q: QueryIR, span_of) -> None:
+        """``clamp NODE where MASK``: a node once, not also clamped whole; the mask a data name
+        that is not a node's."""
+        seen: set[str] = set()
+        for name, mask in q.partial:
+            where = span_of("clamp", name)
+            if name in q.clamp:
+                self.error("clamped-and-masked", f"query {q.name!r} clamps {name!r} both whole and "
+                           f"where {mask!r}", where,
+                           f"keep `clamp {name} where {mask}` for a partial observation, or "
+                           f"`clamp {name}` for a full one")
+            elif name in seen:
+                self.error("repeated-mask", f"query {q.name!r} gives node {name!r} two masks",
+                           where, "combine them into one mask in the data")
+            seen.add(name)
+            if mask in self.nodes:
+                self.error("mask-is-a-node", f"query {q.name!r}: the mask {mask!r} of {name!r} "
+                           "has the name of a node; the data cannot hold both", where,
+                           f"rename the mask, e.g. `where {mask}_mask`")
 
     def check_unconstrained(self, q, G, clamped, span) -> None:
         loose = []

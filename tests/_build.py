@@ -15,14 +15,15 @@ from pcgraph import (
 )
 
 
-def node(name, shape, act="identity", energy="gaussian", precision=1.0, prior=None, init=None):
+def node(name, shape, act="identity", energy="gaussian", precision=1.0, prior=None, init=None,
+         scale=1.0):
     if isinstance(shape, int):
         shape = (shape,)
     return NodeIR(
         name,
         tuple(shape),
         act=act,
-        energy=EnergyIR(energy, precision),
+        energy=EnergyIR(energy, precision, scale),
         prior=None if prior is None else PriorIR("gaussian", *prior),
         init=init,
     )
