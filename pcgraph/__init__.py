@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._analysis import hessian_spectrum as hessian_spectrum
     from ._analysis import update_alignment as update_alignment
     from ._binding import BindingError as BindingError
+    from ._collapse import CollapseWarning as CollapseWarning
     from ._config import Config as Config
     from ._config import ConfigError as ConfigError
     from ._config import GradientDescent as GradientDescent
@@ -95,6 +96,9 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._network import build as build
     from ._query import QueryPlan as QueryPlan
     from ._query import compile_query as compile_query
+    from ._run import Run as Run
+    from ._run import RunError as RunError
+    from ._run import load_run as load_run
     from ._theory import activity_hessian as activity_hessian
     from ._theory import condition_number as condition_number
     from ._theory import linear_equilibrium as linear_equilibrium
@@ -113,6 +117,7 @@ _LAZY = {
     "hessian_spectrum": "._analysis",
     "update_alignment": "._analysis",
     "BindingError": "._binding",
+    "CollapseWarning": "._collapse",
     "Config": "._config",
     "ConfigError": "._config",
     "GradientDescent": "._config",
@@ -146,6 +151,9 @@ _LAZY = {
     "build": "._network",
     "QueryPlan": "._query",
     "compile_query": "._query",
+    "Run": "._run",
+    "RunError": "._run",
+    "load_run": "._run",
     "activity_hessian": "._theory",
     "condition_number": "._theory",
     "linear_equilibrium": "._theory",

@@ -21,7 +21,7 @@ PRNG keys (``jax.random.key``) are stored as their raw key data and rewrapped on
 
 ``state`` is the initialiser state of a run (``TrainState.carry``: memories, class means, previous
 activities, amortiser and their optimiser state; ``None`` when the initialisation needs none).
-Loading needs a tree of the same structure: ``pcgraph._train.fresh_carry`` rebuilds it from the
+Loading needs a tree of the same structure: ``pcgraph.fresh_carry`` rebuilds it from the
 model, the init options, the batch size and the seed; ``like_state=None`` skips it.
 """
 

@@ -1,4 +1,4 @@
-"""``pcgraph train / eval / draw / plot``: the command-line layer over ``_train``, ``_checkpoint``,
+"""``pcgraph train / eval / draw / plot``: the command-line layer over ``_fit``, ``_checkpoint``,
 ``_draw`` and ``_plot``.
 
 ``register(subparsers)`` adds the four subcommands to an argparse subparsers object (each parser's
@@ -18,10 +18,11 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ._errors import Error
-from ._registry import ALGORITHMS, INIT_METHODS, SOLVERS, WEIGHT_OPTIMIZERS
+from ._registry import ALGORITHMS, INIT_METHODS, SETTINGS
 
 EXIT_OK, EXIT_MODEL, EXIT_USAGE = 0, 1, 2
 CHECKPOINT = "checkpoint.eqx"
@@ -49,6 +50,8 @@ TRAIN_JSON_FIELDS = """\
   resumed_from     epoch the run was resumed from (0 for a fresh run)
   devices, mesh, processes   with --devices/--mesh: the device count, {"data": N, "layer": M}
                    and the number of processes (printed by process 0 only)
+  collapse         null, or {epoch, metric, value, best, best_epoch, message} when accuracy fell
+                   far below its best (lost over half its gain over chance) or MSE doubled
 """
 
 TRAIN_FILES = """\
@@ -70,7 +73,7 @@ Exit status: 0 ok, 1 model errors or divergence, 2 usage/data/shape/checkpoint e
 # options that change the training trajectory (must match on --resume)
 TRAJECTORY = ("data", "fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
               "activity_lr", "weight_lr", "optimizer", "algorithm", "batch_size", "query",
-              "test_query")
+              "test_query", "weight_decay", "activity_optimizer", "parameterisation", "normalize")
 # resolved hyperparameters that must match the checkpoint on --resume
 CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", "weight_optimizer",
                      "weight_decay", "init", "solver", "algorithm", "batch_size",
@@ -161,11 +164,13 @@ def _load_model(path: str):
     return loaded.model
 
 
-def _load_data(name: str, data_dir, fraction: float, seed: int, download: bool = False):
+def _load_data(name: str, data_dir, fraction: float, seed: int, download: bool = False,
+               normalize: str | None = None):
     from . import data as D
 
     try:
-        return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed, download=download)
+        return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed, download=download,
+                      normalize=normalize or "standardize")
     except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 
@@ -194,31 +199,41 @@ def _rewrite_metrics(path: Path, keep_epochs: int) -> None:
     atomic_write(path, lambda f: f.write("".join(s + "\n" for s in kept)), "w")
 
 
-def _pairs(items, what: str) -> dict:
-    """``["a=b", ...]`` to a dict (values parsed as int, float, bool when they look like one)."""
-    out = {}
-    for it in items or ():
-        k, sep, v = it.partition("=")
-        if not sep or not k.strip() or not v.strip():
-            raise CliError(f"--{what} {it!r}: expected NAME=VALUE")
-        out[k.strip()] = _parse_value(v.strip())
-    return out
-
-
-def _parse_value(v: str):
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
 def _init_kw(cli: dict) -> dict:
-    return {"init_nodes": {k: str(v) for k, v in _pairs(cli.get("init_node"), "init-node").items()},
-            "init_options": _pairs(cli.get("init_option"), "init-option")}
+    from ._run import RunError, init_kw
+
+    try:
+        return init_kw(cli)
+    except RunError as e:
+        raise CliError(str(e)) from None
+
+
+def _jsonable_dict(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _refuse_overwrite(out: Path, ckpt_path: Path, name: str, mhash: str, cli: dict,
+                      overwrite: bool) -> None:
+    """A new run in a directory that holds one: fine when it is the same run (same model and
+    options) or with --overwrite; otherwise a CliError naming what differs."""
+    from ._checkpoint import CheckpointError, read_meta
+    from ._run import run_differences
+
+    try:
+        meta = read_meta(ckpt_path) if ckpt_path.exists() else None
+    except (CheckpointError, OSError):
+        meta = None
+    diffs = (run_differences(meta, name, mhash, cli, TRAJECTORY) if meta is not None
+             else ["an unfinished run (no checkpoint)"])
+    if not diffs:
+        print(f"note: {out} holds an earlier run of the same command; replacing it",
+              file=sys.stderr)
+    elif overwrite:
+        print(f"note: --overwrite: replacing the run in {out} ({'; '.join(diffs)})",
+              file=sys.stderr)
+    else:
+        raise CliError(f"{out} holds a different run ({'; '.join(diffs)}); pass --out DIR for a "
+                       "new directory, --resume to continue that run, or --overwrite to replace it")
 
 
 def _preflight(model, cli: dict, epochs, seed) -> None:
@@ -260,28 +275,21 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true",
                    help="fetch a missing data set (checksummed) into --data-dir, $PCGRAPH_DATA "
                         "or the cache")
-    p.add_argument("--epochs", type=int, metavar="N", help="total epochs (default 10)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 64)")
-    p.add_argument("--steps", type=int, metavar="T", help="inference steps (default: settings)")
-    p.add_argument("--solver", choices=SOLVERS, help="inference solver (default: settings)")
-    p.add_argument("--init", metavar="METHOD",
-                   help="activity initialisation of every free node: auto (forward where Prop. "
-                        "3.2 allows, else mem), " + ", ".join(m for m in INIT_METHODS if m != "auto"))
+    _add_setting_options(p)
     p.add_argument("--init-node", action="append", metavar="NODE=METHOD",
                    help="initialisation of one node (repeatable; wins over --init and the file)")
     p.add_argument("--init-option", action="append", metavar="KEY=VALUE",
                    help="initialiser option, e.g. mem_patterns=64, avg_m=3, random_std=0.1 "
                         "(repeatable)")
-    p.add_argument("--activity-lr", type=float, metavar="LR", help="activity learning rate")
-    p.add_argument("--weight-lr", type=float, metavar="LR", help="weight learning rate")
-    p.add_argument("--optimizer", choices=WEIGHT_OPTIMIZERS, help="weight optimiser")
-    p.add_argument("--algorithm", choices=ALGORITHMS,
-                   help="pc (default), incremental pc, or backprop baseline")
-    p.add_argument("--seed", type=int, metavar="S", help="seed (default: settings seed)")
     p.add_argument("--fraction", type=float, metavar="F",
                    help="use a stratified fraction of the training set (default 1)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/MODEL)")
+    p.add_argument("--algorithm", choices=ALGORITHMS,
+                   help="pc (default), incremental pc, or backprop baseline")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default runs/MODEL, runs/MODEL-ipc, runs/MODEL-bp)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.eqx")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different run already in DIR (refused without it)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--query", help="training query (default train)")
     p.add_argument("--test-query", help="evaluation query (default test)")
@@ -343,6 +351,32 @@ def _devices(args: argparse.Namespace):
 
 
 
+# Every setting a .pcg file can hold is a `train` option, generated from the registry: the flag
+# is the setting's name (``weight_optimizer`` is ``--optimizer``), its type its default's type,
+# its choices the registry's names. Help texts end with "(model setting, else DEFAULT)".
+_FLAGS = {"weight_optimizer": ("--optimizer", "optimizer")}
+_METAVARS = {"epochs": "N", "batch_size": "B", "steps": "T", "activity_lr": "LR",
+             "weight_lr": "LR", "weight_decay": "WD", "seed": "S", "init": "METHOD"}
+_HELP = {
+    "init": "activity initialisation of every free node: " + ", ".join(INIT_METHODS)
+            + " (auto: forward where Prop. 3.2 allows, else amortised/mem)",
+    "weight_decay": "weight decay (decoupled, AdamW; added to the gradient for sgd)",
+    "seed": "seed of parameters, batch order and data subset",
+}
+
+
+def _add_setting_options(p: argparse.ArgumentParser) -> None:
+    for name, s in SETTINGS.items():
+        flag, dest = _FLAGS.get(name, ("--" + name.replace("_", "-"), name))
+        kw: dict = {"metavar": _METAVARS[name]} if name in _METAVARS else {}
+        if isinstance(s.default, (int, float)) and not isinstance(s.default, bool):
+            kw["type"] = type(s.default)
+        if s.choices is not None and name != "init":  # --init: did-you-mean from the validator
+            kw["choices"] = s.choices
+        p.add_argument(flag, dest=dest, default=None,
+                       help=f"{_HELP.get(name, s.help)} (model setting, else {s.default})", **kw)
+
+
 def _reporting(command, args: argparse.Namespace) -> int:
     """Run a subcommand; a ``CliError`` becomes its message on stderr and its exit code."""
     try:
@@ -361,7 +395,9 @@ def _train(args: argparse.Namespace) -> int:
     mesh = _devices(args)
     primary = mesh is None or _process_index() == 0  # only process 0 writes the run directory
     model = _load_model(args.file)
-    out = Path(args.out or Path("runs") / model.name)
+    from ._run import default_dir
+
+    out = Path(args.out or default_dir(model.name, args.algorithm))
     ckpt_path = out / CHECKPOINT
     metrics_path = out / METRICS
 
@@ -397,7 +433,8 @@ def _train(args: argparse.Namespace) -> int:
                         ("--steps", cli["steps"], lambda v: v >= 0),
                         ("--fraction", cli["fraction"], lambda v: 0 < v <= 1),
                         ("--activity-lr", cli["activity_lr"], lambda v: v > 0),
-                        ("--weight-lr", cli["weight_lr"], lambda v: v >= 0)):
+                        ("--weight-lr", cli["weight_lr"], lambda v: v >= 0),
+                        ("--weight-decay", cli["weight_decay"], lambda v: v >= 0)):
         if v is not None and not ok(v):
             raise CliError(f"{name} {v} is out of range")
     q = cli["query"] or "train"
@@ -408,21 +445,34 @@ def _train(args: argparse.Namespace) -> int:
     seed = int(cli["seed"] if cli["seed"] is not None else model.settings.get("seed"))
     cli["seed"] = seed
     fraction = float(cli["fraction"] or 1.0)
-    ds = _load_data(cli["data"], cli["data_dir"], fraction, seed, bool(args.download))
+    from ._config import resolve_config
+
+    try:  # the one resolution of settings and flags into the run's configuration
+        config = resolve_config(
+            model.settings, algorithm=cli["algorithm"], **_init_kw(cli), steps=cli["steps"],
+            activity_lr=cli["activity_lr"], weight_lr=cli["weight_lr"],
+            weight_optimizer=cli["optimizer"], init=cli["init"], solver=cli["solver"],
+            epochs=epochs, batch_size=cli["batch_size"], weight_decay=cli["weight_decay"],
+            activity_optimizer=cli["activity_optimizer"],
+            parameterisation=cli["parameterisation"], normalize=cli["normalize"])
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    cfg = config.record
+    ds = _load_data(cli["data"], cli["data_dir"], fraction, seed, bool(args.download),
+                    cfg["normalize"])
 
     import equinox as eqx
 
     from . import data as D
-    from ._checkpoint import CheckpointError, load as ckpt_load, save as ckpt_save
-    from ._network import build
     from ._binding import BindingError, bind, prepare_dataset
-    from ._config import resolve_config
+    from ._checkpoint import CheckpointError, load as ckpt_load, save as ckpt_save
     from ._divergence import TrainingDiverged
     from ._fit import TrainState, fit, fresh_carry, model_hash
+    from ._network import build
 
     _preflight(model, cli, epochs, seed)  # limits and memory, before anything is allocated
     try:
-        net = build(model, seed=seed)
+        net = build(model, seed=seed, parameterisation=cfg["parameterisation"])
     except (ValueError, KeyError) as e:
         raise CliError(f"cannot build {model.name}: {e}", EXIT_MODEL) from None
     try:  # shapes before anything is compiled
@@ -431,15 +481,6 @@ def _train(args: argparse.Namespace) -> int:
     except (BindingError, D.DataShapeError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
 
-    try:  # the one resolution of settings and flags into the run's configuration
-        config = resolve_config(
-            model.settings, algorithm=cli["algorithm"], **_init_kw(cli), steps=cli["steps"],
-            activity_lr=cli["activity_lr"], weight_lr=cli["weight_lr"],
-            weight_optimizer=cli["optimizer"], init=cli["init"], solver=cli["solver"],
-            epochs=epochs, batch_size=cli["batch_size"])
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    cfg = config.record
     from ._diagnostics import PcgError
 
     try:  # the init plan and its options, before anything is compiled
@@ -457,6 +498,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CliError(str(e).strip('"')) from None
     cli["epochs"] = cfg["epochs"]
     mhash = model_hash(model)
+    if primary and meta is None and (ckpt_path.exists() or metrics_path.exists()):
+        _refuse_overwrite(out, ckpt_path, model.name, mhash, cli, bool(args.overwrite))
 
     state = None
     resumed_from = 0
@@ -481,9 +524,8 @@ def _train(args: argparse.Namespace) -> int:
             _rewrite_metrics(metrics_path, state.epoch)
     elif primary:
         out.mkdir(parents=True, exist_ok=True)
-        if metrics_path.exists():
-            print(f"note: {out} holds a previous run; overwriting it (use --resume to continue)",
-                  file=sys.stderr)
+        for stale in (ckpt_path, ckpt_path.with_suffix(".json")):
+            stale.unlink(missing_ok=True)
         metrics_path.write_text("")
 
     progress = Progress(enabled=not args.quiet and primary)
@@ -496,6 +538,11 @@ def _train(args: argparse.Namespace) -> int:
         if kind == "start":
             progress.start(ev["epochs"], ev["smm_per_update"])
             run_cfg[0] = ev["config"]
+            if ev["start_epoch"] == 0 and primary:
+                _append_jsonl(metrics_path, [{"type": "run", "model": model.name,
+                                              "model_file": args.file, "data": cli["data"],
+                                              "seed": seed, "cli": cli,
+                                              "config": _jsonable_dict(ev["config"])}])
             cfg_steps_per_epoch[0] = ev["steps_per_epoch"]
             log_every = max(1, ev["steps_per_epoch"] // 10)
         elif kind == "step":
@@ -508,6 +555,12 @@ def _train(args: argparse.Namespace) -> int:
         elif kind == "epoch":
             m = ev["metrics"]
             progress.epoch(m, cfg_steps_per_epoch[0])
+            if m.get("collapse") and not collapsed:
+                collapsed.append(m["collapse"])
+                if primary:
+                    if progress.tty:
+                        sys.stderr.write("\n")
+                    print(f"warning: {m['collapse']['message']}", file=sys.stderr)
             recs = [m]
             if ev.get("inference"):
                 recs.append({"type": "inference", "epoch": ev["epoch"], "step": m["step"],
@@ -517,7 +570,7 @@ def _train(args: argparse.Namespace) -> int:
             _append_jsonl(metrics_path, recs)
             st = ev["state"]
             cmeta = {**st.meta(), "seed": seed, "model": model.name, "model_file": args.file,
-                     "model_hash": mhash, "settings": dict(model.settings.as_dict()),
+                     "model_hash": mhash, "model_text": model_text, "settings": dict(model.settings.as_dict()),
                      "config": {k: v for k, v in run_cfg[0].items()},
                      "cli": cli, "rng": {"batch_order": "numpy default_rng([seed, epoch])",
                                          "step_key": "fold_in(fold_in(PRNGKey(seed), epoch), batch)"}}
@@ -526,11 +579,17 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg_steps_per_epoch = [len(ds.x_train) // cfg["batch_size"]]
     run_cfg = [cfg]
+    collapsed: list = [m["collapse"] for m in (state.history if state else ()) if m.get("collapse")]
+    from ._collapse import CollapseWarning
+    from ._format import format_model
+
+    model_text = format_model(model)
 
     try:
-        result = fit(net, ds, config, query=q, test_query=tq, seed=seed, callback=callback,
-                     state=state,
-                     mesh=mesh)
+        with warnings.catch_warnings():  # printed by the callback instead
+            warnings.simplefilter("ignore", CollapseWarning)
+            result = fit(net, ds, config, query=q, test_query=tq, seed=seed, callback=callback,
+                         state=state, mesh=mesh)
     except TrainingDiverged as e:
         if progress.tty:
             sys.stderr.write("\n")
@@ -561,6 +620,7 @@ def _train(args: argparse.Namespace) -> int:
         "train_time_s": result.state.wall_time_s,
         "wall_time_s": time.perf_counter() - t_start,
         "out_dir": str(out), "checkpoint": written["ckpt"], "resumed_from": resumed_from,
+        "collapse": collapsed[0] if collapsed else None,
     }
     if mesh is not None:
         summary["devices"] = int(mesh.devices.size)
@@ -577,6 +637,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{model.name} on {cli['data']}: {res} after {summary['epochs']} epoch(s) "
               f"({summary['train_time_s']:.1f} s training, {summary['smm_per_update']:g} SMM per "
               f"update); run in {out}")
+        if collapsed:
+            print(f"warning: {collapsed[0]['message']}")
     return EXIT_OK
 
 
@@ -595,7 +657,9 @@ def _process_count() -> int:
 # ------------------------------------------------------------------------------ eval
 def configure_eval(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("--json prints {model, data, checkpoint, epoch, query, n, test_accuracy, test_mse}"
+    p.epilog = ("--json prints {model, algorithm, data, checkpoint, epoch, query, split, n, "
+                "SPLIT_accuracy, SPLIT_mse, settings}\n(SPLIT is test or train; the text output "
+                "first names the run's model, algorithm and settings)"
                 "\nExit status: 0 ok, 1 model errors, 2 usage/data/checkpoint errors.")
     p.add_argument("file", metavar="FILE", help=".pcg model file")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
@@ -615,81 +679,57 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     model = _load_model(args.file)
-    ckpt = Path(args.checkpoint)
-    if ckpt.is_dir():
-        ckpt = ckpt / CHECKPOINT
-    from ._checkpoint import CheckpointError, read_meta
+    from ._run import RunError, checkpoint_path, describe, load_run
 
+    ckpt = checkpoint_path(args.checkpoint)
+    if not ckpt.exists():
+        raise CliError(f"{ckpt}: no such checkpoint")
     try:
-        meta = read_meta(ckpt)
-    except FileNotFoundError:
-        raise CliError(f"{ckpt}: no such checkpoint") from None
-    except (CheckpointError, OSError) as e:
+        run = load_run(ckpt, model=model)
+    except RunError as e:
         raise CliError(str(e)) from None
-    saved = meta.get("cli", {})
+    if run.meta.get("model_hash") and run.meta["model_hash"] != _model_hash(model):
+        print(f"note: {args.file} changed since {ckpt} was written (its arrays still fit)",
+              file=sys.stderr)
+    saved = run.cli
     name = args.data or saved.get("data")
     if not name:
         raise CliError("give --data NAME (the checkpoint does not say which data set it used)")
-    seed = int(meta.get("seed", 0))
-    # the same fraction and seed as training: standardisation uses the training subset's stats
-    same = name == saved.get("data")
-    ds = _load_data(name, args.data_dir or saved.get("data_dir"),
-                    float(saved.get("fraction") or 1.0) if same else 1.0,
-                    int(saved.get("seed") if saved.get("seed") is not None else seed),
-                    bool(args.download))
-
-    import equinox as eqx
-
     from . import data as D
-    from ._checkpoint import load as ckpt_load
-    from ._network import build
     from ._binding import BindingError
-    from ._config import resolve_config
-    from ._evaluate import eval_init, evaluate
-    from ._fit import fresh_carry, model_hash
-    from ._registry import SETTINGS
 
-    net = build(model, seed=seed)
-    if meta.get("model_hash") and meta["model_hash"] != model_hash(model):
-        print(f"warning: {ckpt} was written for a different version of {args.file}",
-              file=sys.stderr)
-    saved_cfg = meta.get("config") or {}
-    try:  # the training run's settings (its record), its --init and init options
-        config = resolve_config(
-            model.settings, algorithm=saved_cfg.get("algorithm"), **_init_kw(saved),
-            init=saved.get("init"),
-            **{k: v for k, v in saved_cfg.items() if k in SETTINGS and k != "init"})
-    except ValueError as e:
-        raise CliError(f"cannot rebuild the training configuration: {e}") from None
-    like_opt = config.weight_optimizer.init(eqx.filter(net, eqx.is_inexact_array))
-    query = args.query or saved.get("test_query") or "test"
-    tq = saved.get("query") or "train"
     try:
-        like_carry = fresh_carry(net, query=tq, init=config.init, seed=seed,
-                                 batch_size=config.batch_size, algorithm=config.algorithm)
-        net, _, carry, meta = ckpt_load(ckpt, net, like_opt, like_carry)
-    except CheckpointError as e:
+        ds = run.load_data(name, data_dir=args.data_dir, download=bool(args.download))
+    except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
-    except (ValueError, KeyError) as e:
-        raise CliError(f"cannot rebuild the initialiser state: {e}") from None
+    query = args.query or run.test_query
     try:
-        res = evaluate(net, ds, query=query, batch_size=args.batch_size, split=args.split,
-                       train_query=tq, inference=config.inference,
-                       init=eval_init(net, query, config.init), carry=carry)
+        res = run.evaluate(ds, query=query, batch_size=args.batch_size, split=args.split)
     except (BindingError, D.DataError, ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
-    out = {"model": model.name, "data": name, "checkpoint": str(ckpt), "epoch": meta.get("epoch"),
-           "query": res.get("query", query), "split": args.split, "n": res.get("n"),
-           "test_accuracy": res.get("accuracy"), "test_mse": res.get("mse")}
+    split = args.split
+    out = {"model": model.name, "algorithm": run.algorithm, "data": name, "checkpoint": str(ckpt),
+           "epoch": run.epoch, "query": res.get("query", query), "split": split, "n": res.get("n"),
+           f"{split}_accuracy": res.get("accuracy"), f"{split}_mse": res.get("mse"),
+           "settings": {k: v for k, v in run.settings.items()
+                        if isinstance(v, (str, int, float, bool, type(None)))}}
     if args.json:
         print(json.dumps(out, indent=2))
-    elif out["test_accuracy"] is not None:
-        print(f"{model.name} on {name} ({args.split}, {out['n']} examples): accuracy "
-              f"{100 * out['test_accuracy']:.2f}%")
+        return EXIT_OK
+    print(f"run {ckpt.parent}: {describe(run.meta)}")
+    if out[f"{split}_accuracy"] is not None:
+        print(f"{model.name} on {name} ({split}, {out['n']} examples): accuracy "
+              f"{100 * out[f'{split}_accuracy']:.2f}%")
     else:
-        print(f"{model.name} on {name} ({args.split}, {out['n']} examples): reconstruction mse "
-              f"{out['test_mse']:.5g}")
+        print(f"{model.name} on {name} ({split}, {out['n']} examples): reconstruction mse "
+              f"{out[f'{split}_mse']:.5g}")
     return EXIT_OK
+
+
+def _model_hash(model) -> str:
+    from ._fit import model_hash
+
+    return model_hash(model)
 
 
 # ------------------------------------------------------------------------------ draw
@@ -730,10 +770,11 @@ def configure_plot(p: argparse.ArgumentParser) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from ._plot import plot_run
+    from ._plot import plot_run, read_metrics, run_record
 
     try:
         path = plot_run(args.run, args.output)
+        print(_plot_header(args.run, run_record(read_metrics(args.run))))
     except (FileNotFoundError, ValueError) as e:
         _err(str(e))
         return EXIT_USAGE
@@ -742,6 +783,23 @@ def run_plot(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"wrote {path}", file=sys.stderr)
     return EXIT_OK
+
+
+def _plot_header(run: str, info: dict | None) -> str:
+    """``run DIR: model ..., algorithm ..., ...`` from the checkpoint next to the metrics (the run
+    record of metrics.jsonl when there is none)."""
+    from ._checkpoint import CheckpointError, read_meta
+    from ._run import checkpoint_path, describe
+
+    d = Path(run) if Path(run).is_dir() else Path(run).parent
+    try:
+        return f"run {d}: {describe(read_meta(checkpoint_path(d)))}"
+    except (CheckpointError, OSError):
+        pass
+    if info is None:
+        return f"run {d}: (no checkpoint or run record: model, algorithm and settings unknown)"
+    return f"run {d}: " + describe({"model": info["model"], "seed": info["seed"], "epoch": "-",
+                                    "config": info["config"], "cli": info["cli"]})
 
 
 # ------------------------------------------------------------------------------ registration

@@ -119,6 +119,10 @@ def render_all(diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
-    """``"did you mean 'h1'?"`` for the closest candidate, or None."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    """``"did you mean 'h1'?"`` for the closest candidate, or None; case does not count
+    (``ReLU`` finds ``relu``)."""
+    by_lower = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"did you mean {by_lower[close[0]]!r}?" if close else None

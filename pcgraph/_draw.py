@@ -6,6 +6,10 @@ graph as layers of cycles, each cycle's nodes on a small ring. Long graphs (more
 a row, e.g. a 128-layer residual network) are wrapped into a serpentine grid of rows, so every node
 stays legible.
 
+Edges are routed (``edge_routes``): a straight line where it passes no other node, else a detour
+along a free horizontal lane above or below the nodes in between, so an edge that skips a layer
+(``z -> h2`` past ``h1``, a skip ``x -> h2``) is never hidden behind a node.
+
 Style: edge terms are drawn by kind (dense solid black, identity skip dashed grey, conv in a
 distinct colour, anything else solid), amortised ``~>`` edges dotted green; edges that lie on a
 cycle are red. Node colours show the roles of a query: clamped (blue), read out (orange), free
@@ -118,6 +122,108 @@ def layout(G: nx.DiGraph, max_cols: int = MAX_COLS) -> dict[str, tuple[float, fl
     return pos
 
 
+# clearance around a node centre that an edge it does not touch keeps (data units; a node's disc
+# is about 0.2 wide at the default scale)
+NODE_R = 0.3
+Point = tuple[float, float]
+
+
+def _seg_dist(p: Point, a: Point, b: Point) -> float:
+    """Distance from ``p`` to the segment ``a``-``b``."""
+    ax, ay = a
+    bx, by = b
+    dx, dy = bx - ax, by - ay
+    L2 = dx * dx + dy * dy
+    t = 0.0 if L2 == 0 else max(0.0, min(1.0, ((p[0] - ax) * dx + (p[1] - ay) * dy) / L2))
+    return math.hypot(p[0] - (ax + t * dx), p[1] - (ay + t * dy))
+
+
+def crossings(route: list[Point], pos: dict[str, Point], ends: tuple[str, str],
+              clearance: float = NODE_R) -> list[str]:
+    """The nodes (other than ``ends``) that a polyline passes within ``clearance`` of."""
+    return [n for n, p in pos.items() if n not in ends
+            and any(_seg_dist(p, a, b) < clearance for a, b in zip(route, route[1:]))]
+
+
+def _offset(a: Point, b: Point, d: float) -> list[Point]:
+    """The straight a-b bent sideways by ``d`` at its middle (a three-point polyline)."""
+    if d == 0:
+        return [a, b]
+    mx, my = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    L = math.hypot(b[0] - a[0], b[1] - a[1]) or 1.0
+    nx_, ny_ = -(b[1] - a[1]) / L, (b[0] - a[0]) / L
+    return [a, (mx + d * nx_, my + d * ny_), b]
+
+
+def route_edge(u: str, v: str, pos: dict[str, Point], bend: float = 0.0,
+               lanes: list | None = None) -> list[Point]:
+    """A polyline from ``u`` to ``v`` that passes no other node: the straight line (bent by
+    ``bend``) when it is clear, else a detour along a horizontal lane above or below the nodes in
+    between (edges that skip layers), the nearest clear lane first. ``lanes`` collects the lanes
+    taken, so two detours over the same stretch do not share one."""
+    a, b = pos[u], pos[v]
+    straight = _offset(a, b, bend)
+    if not crossings(straight, pos, (u, v)):
+        return straight
+    lanes = lanes if lanes is not None else []
+    x0, x1 = sorted((a[0], b[0]))
+    dx = 0.45 if b[0] >= a[0] else -0.45
+    if abs(b[0] - a[0]) < 1e-9:
+        dx = 0.0
+    for k in range(1, 60):
+        for sign in (1, -1):
+            y = (max(a[1], b[1]) if sign > 0 else min(a[1], b[1])) + sign * (0.55 * k)
+            if any(abs(y - ly) < 0.2 and not (x1 < lx0 or x0 > lx1) for ly, lx0, lx1 in lanes):
+                continue
+            if dx == 0.0:  # same column: go out sideways
+                side = 0.6 * k
+                path = [a, (a[0] + side, a[1]), (a[0] + side, b[1]), b]
+            else:
+                path = [a, (a[0] + dx, y), (b[0] - dx, y), b]
+            if not crossings(path, pos, (u, v)):
+                lanes.append((y, x0, x1))
+                return path
+    return straight  # nothing better (cannot happen on a finite layout)
+
+
+def _trim(route: list[Point], r0: float, r1: float) -> list[Point]:
+    """Shorten a polyline by ``r0`` at its start and ``r1`` at its end (arrows stop at the disc)."""
+    def move(p, q, d):
+        L = math.hypot(q[0] - p[0], q[1] - p[1])
+        if L <= d or L == 0:
+            return p
+        return (p[0] + (q[0] - p[0]) * d / L, p[1] + (q[1] - p[1]) * d / L)
+
+    out = list(route)
+    out[0] = move(out[0], out[1], r0)
+    out[-1] = move(out[-1], out[-2], r1)
+    return out
+
+
+def edge_routes(model: ModelIR, pos: dict[str, Point] | None = None,
+                max_cols: int = MAX_COLS) -> list[dict]:
+    """Every drawn edge term as ``{"src", "dst", "kind", "amortised", "route": [points]}``, in
+    drawing order: the routes :func:`draw` draws (self-loops excluded)."""
+    G = to_graph(model)
+    pos = layout(G, max_cols=max_cols) if pos is None else pos
+    lanes: list = []
+    out = []
+    for u, v, data in G.edges(data=True):
+        if u == v:
+            continue
+        e: EdgeIR = data["ir"]
+        reverse = G.has_edge(v, u)
+        for j, term in enumerate(e.terms):
+            bend = 0.18 * j + (0.15 if reverse else 0.0)
+            out.append({"src": u, "dst": v, "kind": term_kind(term), "amortised": False,
+                        "route": route_edge(u, v, pos, bend, lanes)})
+    for e in model.amortised:
+        if e.src in pos and e.dst in pos and e.src != e.dst:
+            out.append({"src": e.src, "dst": e.dst, "kind": "amortised", "amortised": True,
+                        "route": route_edge(e.src, e.dst, pos, -0.2, lanes)})
+    return out
+
+
 def _roles(model: ModelIR, query: str | None) -> tuple[str | None, dict[str, str]]:
     if query is None:
         names = [q.name for q in model.queries]
@@ -161,8 +267,9 @@ def draw(
     cyc = cycle_edges(G)
 
     n = max(G.number_of_nodes(), 1)
-    xs = [p[0] for p in pos.values()] or [0.0]
-    ys = [p[1] for p in pos.values()] or [0.0]
+    routes = edge_routes(model, pos)
+    xs = [p[0] for p in pos.values()] + [q[0] for r in routes for q in r["route"]] or [0.0]
+    ys = [p[1] for p in pos.values()] + [q[1] for r in routes for q in r["route"]] or [0.0]
     w_units = max(xs) - min(xs) + 2.0
     h_units = max(ys) - min(ys) + 2.0
     scale = 1.1
@@ -173,40 +280,38 @@ def draw(
     node_size = 900 if not big else 380
     font = 8 if not big else 5
 
-    # edges: one arrow per term, bent apart when an edge has several terms
-    def arrow(u, v, rad, color, style, lw=1.4, zorder=1):
-        if u == v:
-            x, y = pos[u]
-            ax.add_patch(
-                FancyArrowPatch(
-                    (x - 0.15, y + 0.2), (x + 0.15, y + 0.2),
-                    connectionstyle="arc3,rad=-1.8", arrowstyle="-|>", mutation_scale=10,
-                    color=color, linestyle=style, lw=lw, zorder=zorder,
-                )
-            )
-            return
-        ax.add_patch(
-            FancyArrowPatch(
-                pos[u], pos[v], connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                mutation_scale=10 if not big else 7, color=color, linestyle=style, lw=lw,
-                shrinkA=15 if not big else 10, shrinkB=15 if not big else 10, zorder=zorder,
-            )
-        )
+    # edges: one arrow per term along its route (skip edges detour around the nodes between)
+    from matplotlib.path import Path as MplPath
+
+    def self_loop(u, color, style, lw=1.4):
+        x, y = pos[u]
+        ax.add_patch(FancyArrowPatch(
+            (x - 0.15, y + 0.2), (x + 0.15, y + 0.2), connectionstyle="arc3,rad=-1.8",
+            arrowstyle="-|>", mutation_scale=10, color=color, linestyle=style, lw=lw, zorder=1))
+
+    def polyline(route, color, style, lw=1.4):
+        r = 0.17 if not big else 0.1
+        pts = _trim(route, r, r)
+        codes = [MplPath.MOVETO] + [MplPath.LINETO] * (len(pts) - 1)
+        ax.add_patch(FancyArrowPatch(
+            path=MplPath(pts, codes), arrowstyle="-|>", mutation_scale=10 if not big else 7,
+            color=color, linestyle=style, lw=lw, zorder=1, joinstyle="round"))
 
     kinds_seen: set[str] = set()
     for u, v, data in G.edges(data=True):
-        e: EdgeIR = data["ir"]
-        reverse = G.has_edge(v, u) and u != v
-        for j, term in enumerate(e.terms):
-            kind = term_kind(term)
-            kinds_seen.add(kind)
-            st = _term_style(kind)
-            color = CYCLE if (u, v) in cyc else st["color"]
-            rad = 0.0 + 0.25 * j + (0.15 if reverse else 0.0)
-            arrow(u, v, rad, color, st["style"])
-    for e in model.amortised:
-        if e.src in pos and e.dst in pos:
-            arrow(e.src, e.dst, -0.3, AMORTISED, "dotted", lw=1.6)
+        if u == v:
+            for term in data["ir"].terms:
+                kind = term_kind(term)
+                kinds_seen.add(kind)
+                self_loop(u, CYCLE, _term_style(kind)["style"])
+    for r in routes:
+        if r["amortised"]:
+            polyline(r["route"], AMORTISED, "dotted", lw=1.6)
+            continue
+        kinds_seen.add(r["kind"])
+        st = _term_style(r["kind"])
+        color = CYCLE if (r["src"], r["dst"]) in cyc else st["color"]
+        polyline(r["route"], color, st["style"])
 
     # nodes
     colours = {"clamped": CLAMPED, "read": READ, "free": FREE}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -239,6 +240,8 @@ def _loop(net, state: TrainState, config: Config, train: TrainData, step_fn: Tra
                                    carry=host.carry(state.carry))
         metrics.update(evaluation(net_out, view.carry))
         state.epoch += 1
+        n_classes = train.dataset.n_classes if train.dataset is not None else None
+        _note_collapse(state.history, metrics, n_classes)
         state.history.append(metrics)
         view.epoch = state.epoch
         trace = None
@@ -278,6 +281,17 @@ class _OneDevice:
 
     def place(self, net, opt_state, carry):
         return net, opt_state, carry
+
+
+def _note_collapse(history: list, metrics: dict, n_classes: int | None) -> None:
+    """Record in ``metrics["collapse"]`` a collapse (``_collapse``) this epoch shows, and warn the
+    first time a run collapses."""
+    from ._collapse import CollapseWarning, collapse
+
+    found = collapse([*history, metrics], n_classes)
+    metrics["collapse"] = found.as_dict() if found else None
+    if found and not any(r.get("collapse") for r in history):
+        warnings.warn(found.message, CollapseWarning, stacklevel=4)
 
 
 def _evaluation(evaluator: Evaluator, net, train: TrainData, eval_data, test_query: str,

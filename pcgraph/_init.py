@@ -343,9 +343,11 @@ class Initialiser:
 
     def _need_state(self, state, method):
         if state is None:
-            raise InitError(f"init = {method} in query {self.query.name!r} carries state between "
-                            "batches: pass carry=step.init_carry(net, batch_size) (or the training "
-                            "state) to the step")
+            raise InitError(f"init = {method} in query {self.query.name!r} starts from the state "
+                            "learned in training (memories, amortiser, previous activities): pass "
+                            "carry=result.state.carry (result = pcgraph.fit(...)) or carry=run.carry "
+                            "(run = pcgraph.load_run(DIR)); a new training step starts one with "
+                            "step.init_carry(net, batch_size)")
         return state
 
     def observations(self, vals: Mapping[str, Any]):

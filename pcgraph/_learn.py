@@ -368,5 +368,6 @@ class EvalStep:
         if carry is None and self.stateful:
             ms = ", ".join(m for m in ("null", "mem", "amortised") if self.initialiser.uses(m))
             raise InitError(f"query {self.query.name!r} initialises nodes with {ms}: pass "
-                            "carry= the training run's initialiser state (FitResult.state.carry)")
+                            "carry=result.state.carry (result = pcgraph.fit(...)) or carry=run.carry "
+                            "(run = pcgraph.load_run(DIR)): the state learned in training")
         return self._fn(net, dict(batch), key, carry)

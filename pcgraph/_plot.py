@@ -2,14 +2,16 @@
 
 ``metrics.jsonl`` holds one JSON object a line, each with a ``type``:
 
+- ``"run"`` (first): ``model``, ``model_file``, ``data``, ``seed``, ``cli`` (the options given),
+  ``config`` (the resolved settings);
 - ``"epoch"``: ``epoch``, ``step``, ``energy``, ``train_loss``, ``train_accuracy``,
-  ``test_accuracy``, ``smm_per_update``, ``total_smm``, ``ms_per_step``, ``epoch_time_s``,
+  ``test_accuracy`` (or ``train_mse``, ``test_mse``), ``collapse``, ``smm_per_update``, ``total_smm``, ``ms_per_step``, ``epoch_time_s``,
   ``wall_time_s`` (fields that do not apply are ``null``);
 - ``"step"``: ``epoch``, ``step``, ``energy``, ``loss`` (every few steps);
 - ``"inference"``: ``epoch``, ``step``, ``node_energies`` — ``{node: [E_v at t = 0..T]}`` for one
   batch, the per-node energy over the inference steps.
 
-:func:`plot_run` draws energy, loss and accuracy per epoch, and the per-node energy over inference
+:func:`plot_run` draws energy, loss and accuracy (MSE for a generative run) per epoch, and the per-node energy over inference
 steps when recorded, into one PNG. No JAX is imported here.
 """
 
@@ -54,6 +56,36 @@ def _series(records, key):
             xs.append(r.get("epoch"))
             ys.append(v)
     return xs, ys
+
+
+def run_record(records: list[dict]) -> dict | None:
+    """``{model, algorithm, data, seed, config, cli}`` of the run a metrics file records (its
+    ``"run"`` record, written by ``pcgraph train``), or None for an older file."""
+    for r in records:
+        if r.get("type") == "run":
+            cfg = r.get("config") or {}
+            return {"model": r.get("model"), "algorithm": cfg.get("algorithm") or "pc",
+                    "data": r.get("data"), "seed": r.get("seed"), "config": cfg,
+                    "cli": r.get("cli") or {}}
+    return None
+
+
+def _figure_panel(ax, epochs) -> bool:
+    """Accuracy (%) for a classifier, reconstruction MSE for a generative run; False if neither
+    was recorded."""
+    for keys, title, scale in ((("train_accuracy", "test_accuracy"), "accuracy (%)", 100.0),
+                               (("train_mse", "test_mse"), "reconstruction MSE", 1.0)):
+        drawn = False
+        for key, c in zip(keys, ("#2ca02c", "#9467bd")):
+            x, y = _series(epochs, key)
+            if y:
+                ax.plot(x, [scale * v for v in y], "o-", color=c, label=key.split("_")[0])
+                drawn = True
+        if drawn:
+            ax.set_title(title)
+            return True
+    ax.set_title("accuracy / MSE")
+    return False
 
 
 def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> Path:
@@ -118,18 +150,12 @@ def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> P
         ax.legend(fontsize=8)
 
     ax = flat[panels.index("accuracy")]
-    any_acc = False
-    for key, lab, c in (("train_accuracy", "train", "#2ca02c"), ("test_accuracy", "test", "#9467bd")):
-        x, y = _series(epochs, key)
-        if y:
-            ax.plot(x, [100 * v for v in y], "o-", color=c, label=lab)
-            any_acc = True
-    ax.set_title("accuracy (%)")
+    drawn = _figure_panel(ax, epochs)
     ax.set_xlabel("epoch")
-    if any_acc:
+    if drawn:
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no accuracy recorded\n(generative model)", ha="center", va="center",
+        ax.text(0.5, 0.5, "no accuracy or MSE recorded", ha="center", va="center",
                 transform=ax.transAxes, color="#777")
 
     if infer:
@@ -150,7 +176,9 @@ def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> P
         if len(names) <= 12:
             ax.legend(fontsize=7, ncol=2)
 
-    fig.suptitle(title or f"training curves: {Path(run)}", fontsize=11)
+    info = run_record(records)
+    head = f"{info['model']} ({info['algorithm']}) on {info['data']}" if info else str(Path(run))
+    fig.suptitle(title or f"training curves: {head}", fontsize=11)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

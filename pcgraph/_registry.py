@@ -48,6 +48,8 @@ ACTIVITY_SCALES = ("sample", "batch")
 INIT_METHODS = ("auto", "zero", "random", "null", "forward", "avg", "mem", "amortised", "sweep")
 #: the initialisation methods that carry state between batches
 STATEFUL_INITS = ("null", "avg", "mem", "amortised")
+#: pixel scaling of image data sets (``data.load(normalize=...)``, setting ``normalize``)
+NORMALIZATIONS = ("standardize", "unit")
 
 #: initialiser options (``init_options`` / ``--init-option``) and their defaults (see ``_init``)
 INIT_OPTIONS: Mapping[str, Scalar | None] = {
@@ -86,6 +88,9 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("seed", 0, "seed of the parameters and the batch order", minimum="nonnegative"),
     Setting("epochs", 10, "training epochs", minimum="positive"),
     Setting("batch_size", 64, "training batch size", minimum="positive"),
+    Setting("normalize", "standardize",
+            "pixel scaling: standardize (per-channel mean 0, std 1) or unit ([0, 1])",
+            NORMALIZATIONS),
 )}
 
 #: ``{setting: default}``
