@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from _common import (
+    ci95,
     inference_with,
     ROOT,
     append_jsonl,
@@ -147,7 +148,7 @@ def table(recs) -> str:
         ae = np.array([r[f"ae_{k}"] for r in final])
         mf = [r[f"mean_{k}"] for r in final]
         d = pc - ae
-        ci = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        ci = ci95(d)
         rows.append(f"| {k} | {mean_sd(mf, 4)} | {mean_sd(ae, 4)} | {mean_sd(pc, 4)} | "
                     f"{d.mean():+.4f} ± {ci:.4f} |")
     return "\n".join(rows)

@@ -15,13 +15,13 @@ wins). The number of inference steps of each readout is chosen on the validation
 from __future__ import annotations
 
 import argparse
-import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import (
+    ci95,
     inference_with,
     ROOT,
     append_jsonl,
@@ -105,7 +105,7 @@ def table(recs) -> str:
     for rd, label in (("inferred", "`classify` query: the label relaxed, argmax"),
                       ("energy", "least relaxed energy over the 10 clamped labels")):
         acc = [r[f"test_accuracy_{rd}"] for r in final]
-        ci = 1.96 * np.std(acc, ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+        ci = ci95(acc)
         rows.append(f"| {label} | {r0['n_train']}, {r0['epochs']} | {r0[f'steps_{rd}']} | "
                     f"{len(final)} | {mean_sd(acc, 2)} (95 % CI ± {ci:.2f}) |")
     return "\n".join(rows)

@@ -26,6 +26,7 @@ import equinox as eqx
 import numpy as np
 import optax
 from _common import (
+    ci95,
     ROOT,
     append_jsonl,
     demo_args,
@@ -105,7 +106,7 @@ def table(recs) -> str:
         if not rs:
             continue
         ll = [r[key] for r in rs]
-        ci = 1.96 * np.std(ll, ddof=1) / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+        ci = ci95(ll)
         rows.append(f"| {label} | {rs[0]['lr']:g} | {len(rs)} | {mean_sd(ll, 1)} (95 % CI ± "
                     f"{ci:.1f}) | {mean_sd([r['test_mse'] for r in rs], 4)} |")
     return "\n".join(rows)
