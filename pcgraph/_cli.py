@@ -5,8 +5,7 @@ adds the subcommand's arguments to its argparse parser; ``run`` takes the parsed
 returns the exit status. Either may be a ``"module:function"`` string, imported only when needed,
 so ``pcgraph check`` and ``pcgraph fmt`` never import JAX: a command that needs JAX (``train``,
 ``eval``, ``draw``, ``plot``) names its runner as a string and keeps its ``configure`` free of heavy
-imports. Adding a command is adding one entry, here or in the ``SUBCOMMANDS`` table of a module
-listed in ``EXTENSIONS``.
+imports. Adding a command is adding one entry to ``COMMANDS``.
 
 ``pcgraph check FILE...`` exits 0 when every file is valid (warnings go to stderr), 1 otherwise,
 with every diagnostic rendered (``file:line:col``, the source line, a caret and a hint).
@@ -23,9 +22,12 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, Union
 
-from ._diagnostics import Diagnostic, PcgError
+from ._diagnostics import PcgError
+
+if TYPE_CHECKING:
+    from ._load import Checked
 
 Runner = Union[str, Callable[[argparse.Namespace], int]]
 Configurer = Union[str, Callable[[argparse.ArgumentParser], None], None]
@@ -45,28 +47,11 @@ def _resolve(target):
     return target
 
 
-# ------------------------------------------------------------------------------ loading
-@dataclass
-class Loaded:
-    """One file read, parsed and validated: the model (None after a syntax error), all
-    diagnostics and the sources they point into."""
-
-    path: str
-    model: object | None
-    diagnostics: list[Diagnostic]
-    sources: dict[str, str]
-
-    @property
-    def ok(self) -> bool:
-        return not any(d.severity == "error" for d in self.diagnostics)
-
-
-def load_file(path: str) -> Loaded:
+def load_file(path: str) -> Checked:
     """Read, parse and validate the file ``path``; never raises for problems in the file."""
     from ._load import check
 
-    c = check(Path(path))
-    return Loaded(path, c.model, list(c.diagnostics), dict(c.sources))
+    return check(Path(path))
 
 
 # -------------------------------------------------------------------------------- check
@@ -92,8 +77,8 @@ def param_count(model) -> int | None:
     return total
 
 
-def check_report(loaded: Loaded) -> dict:
-    """The JSON description of one checked file.
+def check_report(path: str, loaded: Checked) -> dict:
+    """The JSON description of the checked file ``path``.
 
     ``{"file", "ok", "model", "nodes": [{"name","shape","act","energy","precision","prior",
     "init"}], "edges" / "amortised": [{"src","dst","terms": [{"pre","chain","bias"}]}],
@@ -103,7 +88,7 @@ def check_report(loaded: Loaded) -> dict:
     After a syntax error only ``file``, ``ok``, ``model`` (null) and ``diagnostics`` are present."""
     from ._feasibility import analyse, plan_with_problems, query_feasibility
 
-    out: dict = {"file": loaded.path, "ok": loaded.ok, "model": None}
+    out: dict = {"file": path, "ok": loaded.ok, "model": None}
     m = loaded.model
     if m is not None:
         out["model"] = m.name
@@ -131,13 +116,13 @@ def check_report(loaded: Loaded) -> dict:
     return out
 
 
-def _summary(loaded: Loaded) -> str:
+def _summary(path: str, loaded: Checked) -> str:
     m = loaded.model
     n = param_count(m)
     params = "" if n is None else f", {n:,} parameters"
     warn = sum(d.severity == "warning" for d in loaded.diagnostics)
     tail = f", {warn} warning(s)" if warn else ""
-    return (f"{loaded.path}: ok (model {m.name}: {len(m.nodes)} nodes, {len(m.edges)} edges"
+    return (f"{path}: ok (model {m.name}: {len(m.nodes)} nodes, {len(m.edges)} edges"
             f"{params}{tail})")
 
 
@@ -149,17 +134,17 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     results = [load_file(f) for f in args.files]
-    for r in results:
+    for path, r in zip(args.files, results):
         if r.diagnostics:
             print("\n".join(d.render(r.sources) for d in r.diagnostics), file=sys.stderr)
         if not args.json:
             if r.ok:
-                print(_summary(r))
+                print(_summary(path, r))
             else:
                 n = sum(d.severity == "error" for d in r.diagnostics)
-                print(f"{r.path}: {n} error(s)", file=sys.stderr)
+                print(f"{path}: {n} error(s)", file=sys.stderr)
     if args.json:
-        reports = [check_report(r) for r in results]
+        reports = [check_report(path, r) for path, r in zip(args.files, results)]
         doc = reports[0] if len(reports) == 1 else reports
         print(json.dumps(doc, indent=2))
     return 0 if all(r.ok for r in results) else 1
@@ -187,33 +172,23 @@ def run_fmt(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- table
+# the commands that need JAX name their modules as strings: imported only when they run (their
+# ``configure`` modules import nothing heavy)
 COMMANDS: dict[str, Command] = {
     "check": Command("check .pcg files: syntax, names, shapes, graph, queries", _configure_check,
                      run_check),
     "fmt": Command("print a .pcg file in canonical form", _configure_fmt, run_fmt),
     "analyse": Command("energies, activity-Hessian spectrum, PC-vs-BP alignment, equilibrium",
                        "pcgraph._cli_analyse:configure_analyse", "pcgraph._cli_analyse:run_analyse"),
+    "train": Command("train a model on a data set (progress, metrics.jsonl, checkpoints, --resume)",
+                     "pcgraph._cli_options:configure_train", "pcgraph._cli_train:run_train"),
+    "eval": Command("evaluate a checkpoint on a data set's test split",
+                    "pcgraph._cli_eval:configure_eval", "pcgraph._cli_eval:run_eval"),
+    "draw": Command("draw a model's topology (PNG/SVG)",
+                    "pcgraph._cli_draw:configure_draw", "pcgraph._cli_draw:run_draw"),
+    "plot": Command("plot training curves of a run directory",
+                    "pcgraph._cli_draw:configure_plot", "pcgraph._cli_draw:run_plot"),
 }
-
-
-# modules that add commands: each has ``SUBCOMMANDS = {name: (help, configure, run)}`` and
-# imports nothing heavy at module level
-EXTENSIONS = ("pcgraph._cli_train",)
-
-
-def commands() -> dict[str, Command]:
-    """``COMMANDS`` plus the commands of the installed ``EXTENSIONS``."""
-    table = dict(COMMANDS)
-    for module in EXTENSIONS:
-        try:
-            extra = importlib.import_module(module).SUBCOMMANDS
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        for name, (help_, configure, run) in extra.items():
-            table.setdefault(name, Command(help_, configure, run))
-    return table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; see pcgraph._limits.Limits for the names)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, cmd in commands().items():
+    for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         if cmd.configure is not None:
             _resolve(cmd.configure)(p)

@@ -20,7 +20,7 @@ import math
 import sys
 from pathlib import Path
 
-from ._cli_train import EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError
+from ._cli_common import EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError
 
 JSON_FIELDS = """\
 --json prints {model, file, data, checkpoint, batch_size, seed, queries: [...]}; each query:

@@ -15,7 +15,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pcgraph._cli_train import main  # noqa: E402
+from pcgraph._cli import main  # noqa: E402
 
 MLP = str(Path(__file__).resolve().parent.parent / "models" / "digits_mlp.pcg")
 COMMON = ["--data", "digits", "--fraction", "0.1", "--quiet", "--batch-size", "32"]

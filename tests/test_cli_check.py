@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pcgraph._cli import COMMANDS, Loaded, check_report, main
+from pcgraph._cli import COMMANDS, check_report, main
+from pcgraph._load import Checked
 from pcgraph._ir import EdgeIR, ModelIR, NodeIR, QueryIR, TermIR, TransformIR
 from pcgraph._validate import validate
 
@@ -92,7 +93,7 @@ def _loop_ir():
 
 def test_check_report_fields_from_ir():
     m = _loop_ir()
-    r = check_report(Loaded("loop.pcg", m, validate(m), {}))
+    r = check_report("loop.pcg", Checked(m, validate(m), {}))
     json.dumps(r)  # serialisable
     assert r["model"] == "loop" and r["ok"] is True
     assert r["nodes"][0] == {"name": "img", "shape": [4], "act": "identity", "energy": "gaussian",

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from pcgraph._cli_train import main
+from pcgraph._cli import main
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MLP = str(MODELS / "digits_mlp.pcg")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-from pcgraph._cli_train import main
+from pcgraph._cli import main
 from pcgraph._draw import cycle_edges, layout
 from pcgraph._graph import to_graph
 from pcgraph._load import load

@@ -413,7 +413,7 @@ def test_checkpoint_round_trip_and_tampering(saved):
 
 
 def test_cli_option_errors_name_the_flag(tmp_path, capsys):
-    from pcgraph._cli_train import main
+    from pcgraph._cli import main
 
     mlp = str(MODELS / "digits_mlp.pcg")
     base = ["train", mlp, "--data", "digits", "--out", str(tmp_path / "r"), "--quiet"]

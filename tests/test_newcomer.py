@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pcgraph._cli_train import main
+from pcgraph._cli import main
 from pcgraph._collapse import Collapse, collapse
 
 MODELS = Path(__file__).resolve().parent.parent / "models"

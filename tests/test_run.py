@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pcgraph
-from pcgraph._cli_train import main
+from pcgraph._cli import main
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FASHION = Path("/usr/share/datasets/fashion-mnist")

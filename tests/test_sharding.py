@@ -181,7 +181,7 @@ def test_make_mesh_needs_the_devices():
 
 
 def test_cli_reports_a_mesh_it_cannot_build(tmp_path, capsys):
-    from pcgraph._cli_train import main
+    from pcgraph._cli import main
 
     code = main(["train", str(MODELS / "digits_mlp.pcg"), "--data", "digits", "--out",
                  str(tmp_path), "--mesh", "data=64,layer=2"])
