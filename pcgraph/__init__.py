@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._infer import InferResult as InferResult
     from ._infer import infer as infer
     from ._infer import relax as relax
-    from ._init import InitError as InitError
+    from ._init_plan import InitError as InitError
     from ._init import initialise as initialise
     from ._learn import EvalStep as EvalStep
     from ._learn import StepState as StepState
@@ -94,6 +94,7 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._learn import make_train_step as make_train_step
     from ._network import Network as Network
     from ._network import build as build
+    from ._plan import Stacking as Stacking
     from ._query import QueryPlan as QueryPlan
     from ._query import compile_query as compile_query
     from ._run import Run as Run
@@ -140,7 +141,7 @@ _LAZY = {
     "InferResult": "._infer",
     "infer": "._infer",
     "relax": "._infer",
-    "InitError": "._init",
+    "InitError": "._init_plan",
     "initialise": "._init",
     "EvalStep": "._learn",
     "StepState": "._learn",
@@ -149,6 +150,7 @@ _LAZY = {
     "make_train_step": "._learn",
     "Network": "._network",
     "build": "._network",
+    "Stacking": "._plan",
     "QueryPlan": "._query",
     "compile_query": "._query",
     "Run": "._run",

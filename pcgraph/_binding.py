@@ -20,7 +20,6 @@ import numpy as np
 from . import data as _data
 from ._diagnostics import did_you_mean
 from ._errors import Error
-from ._ir import ModelIR
 
 
 class BindingError(Error, ValueError):
@@ -41,16 +40,9 @@ class Binding:
         return self.label is None
 
 
-def model_of(net) -> ModelIR:
-    """The model a network was built from (queries, settings)."""
-    if net.model is None:
-        raise ValueError("the network carries no model (build it with pcgraph's build(model))")
-    return net.model
-
-
 def bind(net, query: str = "train", test_query: str | None = "test") -> Binding:
     """Find the input and label nodes from the training and test queries (see module doc)."""
-    m = model_of(net)
+    m = net.plan  # the model's queries, lowered with the network
     qt = m.query(query)
     names = {q.name for q in m.queries}
     qe = m.query(test_query) if test_query and test_query in names else None
@@ -104,7 +96,7 @@ def check_arrays(net, arrays: Mapping[str, Any], what: str = "data") -> dict[str
 
 def clamped_arrays(net, arrays: Mapping[str, Any], query: str, what: str) -> dict:
     """The arrays of the nodes ``query`` clamps (an error naming those missing)."""
-    q = model_of(net).query(query)
+    q = net.plan.query(query)
     missing = [n for n in q.clamp if n not in arrays]
     if missing:
         raise _data.DataShapeError(f"query {query!r} clamps {', '.join(missing)} but the {what} "

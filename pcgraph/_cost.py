@@ -14,7 +14,7 @@ import networkx as nx
 from ._memory import memory_smm
 
 if TYPE_CHECKING:
-    from ._initializers import SweepPlan
+    from ._init_plan import SweepPlan
 
 
 def init_smm(

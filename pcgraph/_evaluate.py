@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import data as _data
-from ._binding import bind, check_arrays, clamped_arrays, eval_batches, model_of, prepare_dataset
+from ._binding import bind, check_arrays, clamped_arrays, eval_batches, prepare_dataset
 from ._config import GradientDescent, Inference, Initialisation, resolve_config
 from ._energy import node_energies
-from ._feasibility import query_feasibility
 from ._infer import clamp_data, infer, merge_free
 from ._init import make_initialiser
 from ._learn import EvalStep, make_eval_step
@@ -69,7 +68,7 @@ class Evaluator:
         if max_examples is not None and len(x) > max_examples:
             x, y = x[:max_examples], y[:max_examples]
         if binding.generative:
-            qnames = {q.name for q in model_of(net).queries}
+            qnames = {q.name for q in net.plan.queries}
             q = query if query in qnames else binding.train_query
             out = self._recon(net, q, {binding.input: x}, binding.input, batch_size, carry)
             return {**out, "query": q}
@@ -77,7 +76,7 @@ class Evaluator:
         return {**out, "query": query}
 
     def _arrays(self, net, data, query, batch_size, carry):
-        m = model_of(net)
+        m = net.plan
         if query not in {q.name for q in m.queries}:
             raise KeyError(f"model {m.name!r} has no query {query!r}")
         arrays = check_arrays(net, data, "evaluation data")
@@ -176,8 +175,7 @@ def eval_init(net: Network, test_query: str, init: Initialisation) -> Initialisa
     possible, null reads the last training batch)."""
     if init.method not in ("avg", "null"):
         return init
-    m = model_of(net)
-    if test_query in {q.name for q in m.queries} and query_feasibility(m, test_query).feasible:
+    if test_query in net.plan.forward_queries:
         return init.replace(method=None)
     return init
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-import networkx as nx
 
 from ._diagnostics import Diagnostic, PcgError, option_span
-from ._graph import Edge, QueryGraph, cycle_text, natural_key
+from ._graph import Edge, QueryGraph, cycle_text, is_dag, ordered
 from ._graph import analyse as analyse  # re-exported: the front end asks this module
 from ._graph import energy_graph as energy_graph
 from ._graph import name_list as name_list
@@ -74,7 +73,7 @@ def query_feasibility(model: ModelIR, query: QueryIR | str) -> Feasibility:
     if parts:
         return Feasibility(False, "; ".join(parts), a.cycles[0] if a.cycles else (), roots,
                            tuple(a.cycles))
-    if nx.is_directed_acyclic_graph(a.G):
+    if is_dag(a.G):
         reason = "DAG with every root clamped"
     else:
         reason = "every root clamped and every cycle passes through a clamped node"
@@ -204,7 +203,7 @@ def forward_order(model: ModelIR, query: QueryIR | str, plan: Mapping[str, str])
     """The forward-planned nodes of ``plan`` in an order where each comes after its parents."""
     a = QueryGraph(model, _query(model, query))
     keep = [v for v in a.R if plan.get(v) in ("clamped", "forward")]
-    order = list(nx.lexicographical_topological_sort(a.R.subgraph(keep), key=natural_key))
+    order = ordered(a.R, keep)
     return [v for v in order if plan.get(v) == "forward"]
 
 

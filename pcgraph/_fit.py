@@ -167,7 +167,7 @@ def fit(
     Raises :class:`TrainingDiverged` when the energy/loss becomes non-finite,
     ``data.DataShapeError`` before compiling when the data does not fit the nodes."""
     config = _config(net, config, settings)
-    _limits.check_training(net.plan.model, {"steps": getattr(config.inference, "steps", None),
+    _limits.check_training(net.model, {"steps": getattr(config.inference, "steps", None),
                                             "epochs": config.epochs,
                                             "batch_size": config.batch_size}, seed)
     train = TrainData.of(net, data, query, test_query)  # binds and checks before compiling

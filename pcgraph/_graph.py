@@ -119,16 +119,25 @@ class GraphReport:
         }
 
 
+def is_dag(G: nx.DiGraph) -> bool:
+    return nx.is_directed_acyclic_graph(G)
+
+
+def longest_path(G: nx.DiGraph) -> int | None:
+    """L, in edges, of a DAG (SMM_BP = 2L − 1); None for a cyclic graph."""
+    return nx.dag_longest_path_length(G) if nx.is_directed_acyclic_graph(G) else None
+
+
 def analyse(model: ModelIR) -> GraphReport:
     G = energy_graph(model)
-    is_dag = nx.is_directed_acyclic_graph(G)
+    L = longest_path(G)
     return GraphReport(
-        is_dag=is_dag,
+        is_dag=L is not None,
         cycles=tuple(find_cycles(G)),
         roots=tuple(v for v in G if G.in_degree(v) == 0),
         leaves=tuple(v for v in G if G.out_degree(v) == 0),
         isolated=tuple(v for v in G if G.degree(v) == 0),
-        longest_path=nx.dag_longest_path_length(G) if is_dag else None,
+        longest_path=L,
     )
 
 
@@ -240,3 +249,75 @@ def depths(edges: Iterable[tuple[str, str]]) -> dict[str, int]:
         if ps:
             out[v] = 1 + max(out.get(u, 0) for u in ps)
     return out
+
+
+def ordered(G: nx.DiGraph, nodes: Iterable[str]) -> tuple[str, ...]:
+    """``nodes`` each after its parents among them (natural tie-break); they must form a DAG."""
+    return tuple(nx.lexicographical_topological_sort(G.subgraph(nodes), key=natural_key))
+
+
+def ancestors(G: nx.DiGraph, v: str) -> set[str]:
+    return nx.ancestors(G, v)
+
+
+def targets_in_order(edges: Iterable[Edge], what: str = "edges") -> tuple[str, ...]:
+    """The nodes with a parent in the graph of ``edges``, each after its parents (natural
+    tie-break); ``ValueError`` naming a cycle."""
+    A = nx.DiGraph(list(edges))
+    if not nx.is_directed_acyclic_graph(A):
+        raise ValueError(f"{what} form a cycle: {nx.find_cycle(A)}")
+    return tuple(v for v in nx.lexicographical_topological_sort(A, key=natural_key)
+                 if A.in_degree(v) > 0)
+
+
+# ------------------------------------------------------------------------------ init plans
+def node_depths(G: nx.DiGraph, clamped: Iterable[str]) -> dict[str, int]:
+    """Depth of each node for the hybrid avg rule: the longest path (in edges) from a clamped node in
+    the query graph (edges into clamped nodes removed). Clamped nodes have depth 0; nodes that no
+    clamped node reaches have depth 0 too. Needs the query graph to be a DAG."""
+    clamped = set(clamped)
+    R = query_graph(G, clamped)
+    if not nx.is_directed_acyclic_graph(R):
+        raise ValueError("hybrid avg needs an acyclic query graph (layers are ordered by depth)")
+    depth = {v: 0 for v in R}
+    reach = set(clamped)
+    for v in nx.lexicographical_topological_sort(R, key=natural_key):
+        if v in clamped:
+            continue
+        ps = [u for u in R.predecessors(v) if u in reach]
+        if ps:
+            reach.add(v)
+            depth[v] = 1 + max(depth[u] for u in ps)
+    return depth
+
+
+def feedback_edges(G: nx.DiGraph, clamped: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The edges a deterministic DFS calls *back edges*: DFS starts from the clamped nodes in
+    natural-sort order, then from every node not yet reached (natural order); children are visited in
+    natural order; an edge to a node on the current DFS path closes a cycle and is a feedback edge.
+    Edges into clamped nodes are ignored (a clamped value never depends on its parents). Removing the
+    returned edges leaves a DAG. Sorted naturally."""
+    clamped = set(clamped)
+    children = {
+        u: _sorted(w for w in G.successors(u) if w not in clamped) for u in G.nodes
+    }
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    back: list[tuple[str, str]] = []
+    starts = _sorted(c for c in clamped if c in G) + _sorted(v for v in G if v not in clamped)
+    for s in starts:
+        if s in state:
+            continue
+        state[s] = 1
+        stack = [(s, iter(children[s]))]
+        while stack:
+            u, it = stack[-1]
+            w = next(it, None)
+            if w is None:
+                state[u] = 2
+                stack.pop()
+            elif w not in state:
+                state[w] = 1
+                stack.append((w, iter(children[w])))
+            elif state[w] == 1:
+                back.append((u, w))
+    return tuple(sorted(back, key=lambda e: (natural_key(e[0]), natural_key(e[1]))))

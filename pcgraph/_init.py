@@ -7,8 +7,9 @@ The definitions live in ``_initializers.py`` (pure functions on ``{node: [B, ...
   default; ``auto`` per node by ``_feasibility.init_plan``: forward where Prop. 3.2 allows,
   ``amortised`` for ``~>`` targets, ``mem`` elsewhere). Forward where it cannot exist raises the
   ``pcgraph check`` diagnostic (``PcgError``: names the cycle or the unclamped roots, suggests mem).
-* :class:`Initialiser` — the static plan of one (network, query, methods, options): which nodes are
-  observations, which the label, the forward order, the sweep plan, the SMM cost. It creates the
+* :class:`Initialiser` — the static plan of one (network, query, methods, options), an
+  :class:`~pcgraph._init_plan.InitPlan` (which nodes are observations, which the label, the forward
+  order, the sweep plan, the SMM cost), that also runs it: it creates the
   :class:`~pcgraph._initializers.InitState` (``init_state``), fits the memories on the first batch
   (``prepare``), computes ``h(0)`` (``__call__``) and learns from the relaxed activities
   (``update``). Everything is traced once inside the jitted step: static shapes, no host syncs.
@@ -56,30 +57,21 @@ from typing import Any, Callable, Mapping
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import networkx as nx
 import optax
 
 from . import _initializers as I
 from . import _memory as M
-from ._energy import node_prediction
-from ._feasibility import forward_order, init_plan
-from ._graph import QueryGraph, depths, energy_graph
-from ._graph import natural_key
 from ._config import Initialisation
-from ._cost import init_smm
-from ._errors import Error
+from ._energy import node_prediction
+from ._feasibility import init_plan
+from ._init_plan import InitError as InitError  # re-exported: raised by the methods too
+from ._init_plan import InitPlan
 from ._network import Network
 from ._plan import Acts
 from ._query import QueryPlan
-from ._registry import INIT_OPTIONS, STATEFUL_INITS as STATEFUL
 
 Initialiser_fn = Callable[..., dict]
 INITIALISERS: dict[str, tuple[int, Initialiser_fn]] = {}  # name -> (stage, fn)
-OPTIONS = INIT_OPTIONS  # name -> default (the registry's)
-
-
-class InitError(Error, ValueError):
-    """An initialisation that cannot be set up (avg without labels, a missing state, ...)."""
 
 
 def register(name: str, stage: int = 0):
@@ -192,34 +184,11 @@ def _forward_from(net: Network, h: Acts, vals: Mapping[str, Any], order) -> dict
 
 
 # ------------------------------------------------------------------------------ planning
-def _options(options: Mapping[str, Any] | None) -> dict:
-    opts = dict(OPTIONS)
-    for k, v in dict(options or {}).items():
-        if k not in OPTIONS:
-            from ._diagnostics import did_you_mean
-
-            hint = did_you_mean(k, OPTIONS)
-            raise InitError(f"unknown init option {k!r}" + (f"; {hint}" if hint else "")
-                            + f". Known: {', '.join(OPTIONS)}")
-        opts[k] = v
-    return opts
-
-
-def observation_nodes(model, query) -> tuple[str, ...]:
-    """The inputs of a query: its clamped nodes shared with every other query of the model that
-    clamps a non-empty strict subset of them (all its clamped nodes when there is none)."""
-    clamp = set(query.clamp)
-    subs = [set(o.clamp) for o in (model.queries if model is not None else ())
-            if o.name != query.name and o.clamp and set(o.clamp) < clamp]
-    obs = set.intersection(*subs) if subs else clamp
-    return tuple(sorted(obs, key=natural_key))
-
-
 @functools.lru_cache(maxsize=256)
-def resolve(netplan, query: QueryPlan, default: str | None, overrides: tuple = ()) -> dict[str, str]:
+def resolve(model, query: QueryPlan, default: str | None, overrides: tuple = ()) -> dict[str, str]:
     """``{node: method}`` for every node (``"clamped"`` for clamped ones); static, cached. Raises
     ``PcgError`` (the ``pcgraph check`` diagnostic) where forward cannot exist."""
-    plan = init_plan(netplan.model, query.query, dict(overrides) or None, default)
+    plan = init_plan(model, query.query, dict(overrides) or None, default)
     unknown = {m for m in plan.values() if m != "clamped" and m not in INITIALISERS}
     if unknown:
         raise InitError(f"unknown initialisation {', '.join(sorted(unknown))}; "
@@ -227,119 +196,17 @@ def resolve(netplan, query: QueryPlan, default: str | None, overrides: tuple = (
     return plan
 
 
-class Initialiser:
-    """The static initialisation plan of one (network, query, methods, options); see module doc.
+class Initialiser(InitPlan):
+    """The :class:`~pcgraph._init_plan.InitPlan` of one (network, query, methods, options), run
+    inside the jitted step: the state it carries (``init_state``), the memories' first fit
+    (``prepare``), ``h(0)`` (``__call__``) and learning from the relaxed activities (``update``)."""
 
-    ``train``: the plan of a training query (avg reads the clamped labels). For an evaluation
-    query (``train=False``) avg nodes are forward-initialised (eq. 7 needs labels)."""
-
-    def __init__(self, netplan, query: QueryPlan, default=None, overrides=(), options=(),
+    def __init__(self, netplan, model, query: QueryPlan, default=None, overrides=(), options=(),
                  train: bool = True):
-        model = netplan.model
         if model is None:
             raise InitError("initialisation needs the network's model (build it from a ModelIR)")
-        self.netplan, self.query, self.train = netplan, query, train
-        self.options = _options(dict(options))
-        opts = self.options
-        qir = query.query
-        methods = dict(resolve(netplan, query, default, tuple(overrides)))
-        a = QueryGraph(model, qir)
-        G = energy_graph(model)
-        self.G = G
-        leaves = set(query.leaf_names)
-        # -- avg: labels, hybrid, and test-time rule
-        avg_nodes = [v for v, m in methods.items() if m == "avg" and v not in leaves]
-        self.label = None
-        if avg_nodes and not train:
-            bad = [v for v in avg_nodes if not a.forward_ok(v)]
-            if bad:
-                raise InitError(
-                    f"init = avg needs the labels of the batch, which query {query.name!r} does "
-                    f"not clamp, and forward (its test-time replacement) is impossible for "
-                    f"{', '.join(bad)}: {a.node_reason(bad[0])}. Use init = mem for them")
-            methods.update({v: "forward" for v in avg_nodes})
-            avg_nodes = []
-        self.obs = tuple(opts["mem_obs"].split(",")) if isinstance(opts["mem_obs"], str) else (
-            tuple(opts["mem_obs"]) if opts["mem_obs"] else observation_nodes(model, qir))
-        for o in self.obs:
-            if o not in query.clamp:
-                raise InitError(f"mem_obs names {o!r}, which query {query.name!r} does not clamp")
-        if avg_nodes:
-            self.label = self._find_label(opts["avg_label"])
-            if opts["avg_m"] is not None or opts["avg_hybrid"]:
-                depths = I.node_depths(a.R, query.clamp)
-                L = max(depths.values(), default=1)
-                m = int(opts["avg_m"]) if opts["avg_m"] is not None else I.default_hybrid_m(L)
-                hyb = I.hybrid_avg_methods(depths, [v for v in avg_nodes if a.forward_ok(v)], m)
-                methods.update(hyb)
-                avg_nodes = [v for v in avg_nodes if methods[v] == "avg"]
-        # -- mem_forward
-        if opts["mem_forward"]:
-            on_cycle = a.on_cycle
-            for v in nx.lexicographical_topological_sort(
-                    a.R.subgraph([u for u in a.R if u not in on_cycle]), key=natural_key):
-                ps = list(a.R.predecessors(v))
-                if (methods.get(v) == "mem" and v not in leaves and ps
-                        and all(methods.get(u) in ("clamped", "mem", "mem_forward") for u in ps)
-                        and any(methods.get(u) in ("mem", "mem_forward") for u in ps)):
-                    methods[v] = "mem_forward"
-        for v in leaves:
-            methods[v] = "leaf"
-        self.methods = methods
-        self.nodes_by = {}
-        for v in netplan.node_names:
-            self.nodes_by.setdefault(methods.get(v, "clamped"), []).append(v)
-        self.nodes_by = {k: tuple(v) for k, v in self.nodes_by.items()}
-        fw_plan = {v: ("forward" if m == "forward" else m) for v, m in methods.items()}
-        self.forward_order = tuple(forward_order(model, qir, fw_plan)) if self.uses("forward") else ()
-        self.mem_forward_order = tuple(nx.lexicographical_topological_sort(
-            a.R.subgraph(self.nodes_by.get("mem_forward", ())), key=natural_key))
-        self.sweep_plan = (I.sweep_plan(G, query.clamp, self.nodes_by["sweep"])
-                           if self.uses("sweep") else None)
-        # -- memories: reference initialisation of the first batch
-        self.mem_nodes = self.nodes_by.get("mem", ())
-        if self.mem_nodes:
-            feas = {v for v in self.mem_nodes if a.forward_ok(v)}
-            up = set(feas)
-            for v in feas:
-                up |= {u for u in nx.ancestors(a.R, v) if u not in query.clamp}
-            self.ref_forward = tuple(forward_order(model, qir, {
-                v: ("forward" if v in up else "clamped" if v in query.clamp else "other")
-                for v in G}))
-            self.ref_needs_relax = any(v not in feas for v in self.mem_nodes)
-        else:
-            self.ref_forward, self.ref_needs_relax = (), False
-        self.amortised_edges = tuple(e for e in model.amortised)
-        self.smm = self._smm()
-
-    # ---- helpers
-    def uses(self, method: str) -> bool:
-        return bool(self.nodes_by.get(method))
-
-    @property
-    def stateful(self) -> bool:
-        return any(self.uses(m) for m in STATEFUL)
-
-    @property
-    def learned(self) -> bool:
-        return self.uses("mem") or self.uses("amortised")
-
-    def _find_label(self, given):
-        q = self.query
-        if given is not None:
-            if given not in q.clamp:
-                raise InitError(f"avg_label {given!r} is not clamped in query {q.name!r}")
-            return given
-        cands = [c for c in q.clamp if c not in self.obs]
-        if len(cands) == 1:
-            return cands[0]
-        raise InitError(
-            f"init = avg needs class labels: query {q.name!r} clamps "
-            + (f"no label node (only its inputs {', '.join(q.clamp) or 'nothing'})" if not cands
-               else f"several candidate label nodes ({', '.join(cands)}); set init option "
-                    "avg_label = NODE")
-            + ". avg is for supervised training with class-balanced batches; use init = mem, "
-              "forward or null otherwise")
+        super().__init__(netplan, model, query, resolve(model, query, default, tuple(overrides)),
+                         options, train)
 
     def _need_state(self, state, method):
         if state is None:
@@ -352,13 +219,6 @@ class Initialiser:
 
     def observations(self, vals: Mapping[str, Any]):
         return I.observations({c: vals[c] for c in self.obs}, self.obs)
-
-    def _smm(self) -> int:
-        plan = {v: ("clamped" if m == "leaf" else m) for v, m in self.methods.items()}
-        depth = None
-        if self.uses("amortised"):
-            depth = depths((e.src, e.dst) for e in self.amortised_edges)
-        return init_smm(plan, self.G, amortised_depth=depth, sweep=self.sweep_plan)
 
     # ---- state
     def init_state(self, net: Network, batch_size: int, key=None) -> I.InitState | None:
@@ -385,8 +245,7 @@ class Initialiser:
                 delta=float(opts["mem_delta"]), combine=str(opts["mem_combine"]), dtype=dt)
         amort = None
         if self.uses("amortised"):
-            model = self.netplan.model
-            acts = {n.name: n.act for n in model.nodes}
+            acts = {n: g.act for g in net.plan.groups for n in g.names}
             shapes = {n: shape(n) for n in net.plan.node_names}
             amort = I.init_amortiser(jax.random.fold_in(key, 7), self.amortised_edges, shapes, acts)
             amort = jax.tree_util.tree_map(lambda x: x.astype(dt), amort)
@@ -492,14 +351,15 @@ def _values(net: Network, h: Acts, names) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached(netplan, query: QueryPlan, init: Initialisation, train: bool) -> Initialiser:
-    return Initialiser(netplan, query, init.method, init.nodes, init.options, train)
+def _cached(netplan, source, query: QueryPlan, init: Initialisation, train: bool) -> Initialiser:
+    return Initialiser(netplan, source.model if source is not None else None, query, init.method,
+                       init.nodes, init.options, train)
 
 
 def make_initialiser(net: Network, query: QueryPlan, init: Initialisation | None = None, *,
                      train: bool = True) -> Initialiser:
     """The (cached) :class:`Initialiser` of ``query`` for ``init`` (default: the model's)."""
-    return _cached(net.plan, query, Initialisation() if init is None else init, train)
+    return _cached(net.plan, net.source, query, Initialisation() if init is None else init, train)
 
 
 def initialise(

@@ -12,9 +12,9 @@ random        N(mean, std²) — ``std`` is the standard deviation            :f
 null          the previous batch's converged h_v (carry-over)              :func:`null`
 avg           mean of the previous batch's converged h_v over samples of
               the same class (eq. 7); hybrid: forward for the first m
-              layers by depth, avg for the rest (eq. 10)                   :func:`avg`, :func:`hybrid_avg_methods`
+              layers by depth, avg for the rest (eq. 10)                   :func:`avg` (the hybrid rule: ``_init_plan``)
 sweep         opt-in for cyclic graphs: a forward pass in topological order
-              with a deterministic set of feedback edges left out          :func:`sweep_plan`, :func:`sweep`
+              with a deterministic set of feedback edges left out          :func:`sweep` (its plan: ``_init_plan``)
 amortised     the amortised (``~>``) path evaluated on its sources         :class:`Amortiser`
 mem           a modern-Hopfield memory per node (``_memory.py``)
 ============  ================================================================================
@@ -30,15 +30,13 @@ memories (mem), amortiser parameters (amortised) and their optimiser state — i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import networkx as nx
 
-from ._graph import natural_key
+from ._graph import natural_key, targets_in_order
 from ._memory import HopfieldMemory, memory_loss, retrieve
 from ._kernels import activation
 from ._network import name_key
@@ -144,104 +142,9 @@ def avg(
     return out
 
 
-def node_depths(G: nx.DiGraph, clamped: Iterable[str]) -> dict[str, int]:
-    """Depth of each node for the hybrid avg rule: the longest path (in edges) from a clamped node in
-    the query graph (edges into clamped nodes removed). Clamped nodes have depth 0; nodes that no
-    clamped node reaches have depth 0 too. Needs the query graph to be a DAG."""
-    clamped = set(clamped)
-    R = G.copy()
-    R.remove_edges_from([(u, v) for u, v in G.edges if v in clamped])
-    if not nx.is_directed_acyclic_graph(R):
-        raise ValueError("hybrid avg needs an acyclic query graph (layers are ordered by depth)")
-    depth = {v: 0 for v in R}
-    reach = set(clamped)
-    for v in nx.lexicographical_topological_sort(R, key=natural_key):
-        if v in clamped:
-            continue
-        ps = [u for u in R.predecessors(v) if u in reach]
-        if ps:
-            reach.add(v)
-            depth[v] = 1 + max(depth[u] for u in ps)
-    return depth
-
-
-def default_hybrid_m(num_layers: int) -> int:
-    """m = ⌊L/2⌋ + 1 (seed 004: m ≈ L/2 + 1 worked best); L = longest path (weight layers)."""
-    return num_layers // 2 + 1
-
-
-def hybrid_avg_methods(depths: Mapping[str, int], free: Iterable[str], m: int) -> dict[str, str]:
-    """Eq. 10: ``forward`` for free nodes at depth ≤ m (the first m hidden layers), ``avg`` after."""
-    return {v: ("forward" if 1 <= depths[v] <= m else "avg") for v in _nsorted(free)}
-
-
 # ------------------------------------------------------------------------------ sweep
-def feedback_edges(G: nx.DiGraph, clamped: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    """The edges a deterministic DFS calls *back edges*: DFS starts from the clamped nodes in
-    natural-sort order, then from every node not yet reached (natural order); children are visited in
-    natural order; an edge to a node on the current DFS path closes a cycle and is a feedback edge.
-    Edges into clamped nodes are ignored (a clamped value never depends on its parents). Removing the
-    returned edges leaves a DAG. Sorted naturally."""
-    clamped = set(clamped)
-    children = {
-        u: _nsorted(w for w in G.successors(u) if w not in clamped) for u in G.nodes
-    }
-    state: dict[str, int] = {}  # 1 = on the path, 2 = done
-    back: list[tuple[str, str]] = []
-    starts = _nsorted(c for c in clamped if c in G) + _nsorted(v for v in G if v not in clamped)
-    for s in starts:
-        if s in state:
-            continue
-        state[s] = 1
-        stack = [(s, iter(children[s]))]
-        while stack:
-            u, it = stack[-1]
-            w = next(it, None)
-            if w is None:
-                state[u] = 2
-                stack.pop()
-            elif w not in state:
-                state[w] = 1
-                stack.append((w, iter(children[w])))
-            elif state[w] == 1:
-                back.append((u, w))
-    return tuple(sorted(back, key=lambda e: (natural_key(e[0]), natural_key(e[1]))))
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A forward sweep through a (possibly cyclic) graph.
-
-    ``order``: the free nodes in the order they are computed (a lexicographic topological order of
-    the graph without ``dropped`` and without edges into clamped nodes). ``parents[v]``: the parents
-    whose predictions are summed for v (all its parents except those of dropped edges).
-    ``dropped``: the feedback edges left out."""
-
-    order: tuple[str, ...]
-    parents: Mapping[str, tuple[str, ...]]
-    dropped: tuple[tuple[str, str], ...]
-    depth: Mapping[str, int]  # sequential matmuls needed to reach each node (for SMM)
-
-
-def sweep_plan(G: nx.DiGraph, clamped: Iterable[str], nodes: Iterable[str] | None = None) -> SweepPlan:
-    """Plan a sweep over ``nodes`` (default: every free node). Nodes outside ``nodes`` that are not
-    clamped keep whatever value they already have and count as available sources."""
-    clamped = set(clamped)
-    dropped = feedback_edges(G, clamped)
-    D = G.copy()
-    D.remove_edges_from(dropped)
-    D.remove_edges_from([(u, v) for u, v in G.edges if v in clamped])
-    todo = set(nodes) if nodes is not None else {v for v in G if v not in clamped}
-    order = [v for v in nx.lexicographical_topological_sort(D, key=natural_key) if v in todo]
-    parents = {v: tuple(_nsorted(D.predecessors(v))) for v in order}
-    depth: dict[str, int] = {}
-    for v in order:
-        depth[v] = 1 + max((depth.get(u, 0) for u in parents[v]), default=-1)
-    return SweepPlan(tuple(order), parents, dropped, depth)
-
-
 def sweep(
-    plan: SweepPlan,
+    plan,
     h: Acts,
     predict: Callable[[str, Mapping[str, Array]], Array],
 ) -> dict[str, Array]:
@@ -341,11 +244,7 @@ def init_amortiser(
             specs.append((e[0], e[1], (("identity", True),)))
         else:
             specs.append((e.src, e.dst, tuple((t.pre, t.bias) for t in e.terms)))
-    A = nx.DiGraph()
-    A.add_edges_from((u, v) for u, v, _ in specs)
-    if not nx.is_directed_acyclic_graph(A):
-        raise ValueError(f"amortised edges form a cycle: {nx.find_cycle(A)}")
-    order = [v for v in nx.lexicographical_topological_sort(A, key=natural_key) if A.in_degree(v) > 0]
+    order = list(targets_in_order([(u, v) for u, v, _ in specs], "amortised edges"))
     terms = {}
     for u, v, ts in specs:
         fan_in, fan_out = math.prod(shapes[u]), math.prod(shapes[v])

@@ -34,7 +34,6 @@ from ._config import GradientDescent, Inference, Initialisation, resolve_config,
 from ._cost import step_cost
 from ._custom_types import Batch
 from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
-from ._graph import analyse
 from ._infer import clamp_data, condition_grads, energy_grad_fn, infer, merge_free, reimpose
 from ._init import InitError, make_initialiser
 from ._network import Network
@@ -137,10 +136,6 @@ def _defaults(net: Network, inference, init, weight_optimizer=None, *, need_weig
     return inference, Initialisation() if init is None else init, weight_optimizer
 
 
-def _longest_path(net: Network) -> int | None:
-    return analyse(net.plan.model).longest_path if net.plan.model is not None else None
-
-
 def make_train_step(
     net: Network,
     query,
@@ -162,7 +157,7 @@ def make_train_step(
     q.check(net)
     _no_partial(q, "trained on")
     inference, init, wopt = _defaults(net, inference, init, weight_optimizer)
-    L = _longest_path(net)
+    L = net.plan.longest_path
     if method == "bp":
         return TrainStep(_bp_step(topological_order(net, q.clamp), q, wopt), wopt, q, method, jit, None,
                          step_cost("bp", inference.steps, 0, L))

@@ -89,17 +89,37 @@ def _default_float():
     return jnp.zeros((), dtype=float).dtype
 
 
+class Source:
+    """The model a network was built from, for the host-side lowering that needs the whole model
+    (initialisation plans, the limits of a training run, ``pcgraph analyse``); never read inside
+    a jitted function. A static field compared by a structural hash computed once."""
+
+    __slots__ = ("model", "digest")
+
+    def __init__(self, model: ModelIR):
+        self.model, self.digest = model, hash(model)
+
+    def __hash__(self) -> int:
+        return self.digest
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Source) and (self.model is other.model or (
+            self.digest == other.digest and self.model == other.model))
+
+
 class Network(eqx.Module):
     """A built model: stacked parameters per term group (a pytree of arrays) + a static plan.
 
     ``params[k][j]`` is the dict (``W``, ``b``) of the j-th transform of term group ``k``, each
-    array with a leading stacked axis ``E``. Everything else is in ``plan`` (hashable, static)."""
+    array with a leading stacked axis ``E``. Everything the engine reads besides them is in
+    ``plan`` (hashable, static); ``source`` holds the model for host-side lowering."""
 
     params: tuple
     plan: NetPlan = eqx.field(static=True)
     # per node group: None, or the log-precisions of a learned-precision gaussian group, ``[G]``
     # (precision = learned) or ``[G, *shape]`` (learned_diagonal); trained with the weights
     precisions: tuple = ()
+    source: Source | None = eqx.field(static=True, default=None)
 
     # ---- names and layout
     @property
@@ -113,7 +133,8 @@ class Network(eqx.Module):
 
     @property
     def model(self) -> ModelIR | None:
-        return self.plan.model
+        """The model this network was built from (None for a bare plan)."""
+        return self.source.model if self.source is not None else None
 
     @property
     def dtype(self):
@@ -250,7 +271,8 @@ def build(
         key = jax.random.PRNGKey(seed)
     dtype = dtype or _default_float()
     params = tuple(_init_term_group(tg, key, dtype) for tg in plan.terms)
-    return Network(params=params, plan=plan, precisions=_init_precisions(plan, dtype))
+    return Network(params=params, plan=plan, precisions=_init_precisions(plan, dtype),
+                   source=Source(model))
 
 
 def _init_precisions(plan: NetPlan, dtype) -> tuple:

@@ -15,11 +15,11 @@ Representation (docs/internals.md, "Network representation"):
   target node groups, and is evaluated by ONE batched op per transform (an ``einsum`` over the
   stacked axis; a grouped convolution for ``conv``). Contiguous index ranges use static slices.
   A 128-layer residual loop becomes ~4 term groups, not 128 kernels.
-* ``stack`` (build option) tunes this: ``True`` stacks every group; ``False`` puts every node and
-  term in its own group (the per-layer structure); an int ``n`` splits groups smaller than ``n``
-  into singletons; ``"auto"`` (default) is ``8`` on the CPU (where a batched op over a few
-  members measured ~5% slower than separate ops) and ``True`` on accelerators. Parameters never
-  depend on it; :meth:`Network.named_params` / :meth:`Network.load_named_params` move them
+* ``stack`` (build option, a :class:`Stacking`) tunes this: ``True`` stacks every group; ``False``
+  puts every node and term in its own group (the per-layer structure); an int ``n`` splits groups
+  smaller than ``n`` into singletons; ``"auto"`` (default) is ``8`` on the CPU (where a batched
+  op over a few members measured ~5% slower than separate ops) and ``True`` on accelerators.
+  Parameters never depend on it; :meth:`Network.named_params` / :meth:`Network.load_named_params` move them
   between layouts.
 
 Term names: ``"src->dst"`` for an edge with one term, ``"src->dst[i]"`` for the i-th term of an
@@ -48,14 +48,12 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import jax
-import networkx as nx
-
-from ._graph import natural_key, to_graph, weight_depth
-from ._ir import ModelIR, SettingsIR
+from ._feasibility import query_feasibility
+from ._graph import is_dag, longest_path, natural_key, to_graph, weight_depth
+from ._ir import ModelIR, QueryIR, SettingsIR
 from ._registry import PARAMETERISATIONS, WEIGHT_INITS
 from ._shapes import (
     PARAMETRIC,
@@ -166,6 +164,50 @@ class TermGroup:
         return slice_of(self.tgt_idx)
 
 
+# ``stack = "auto"``: the smallest group that is stacked, per backend. On the CPU a batched op over
+# a few members is ~5% slower than separate ops (benchmarks/step_speed.py: 3 stacked 512x512
+# layers), while deep loops still stack (compile time and, on accelerators, kernel launches).
+AUTO_STACK = {"cpu": 8}
+AUTO_STACK_DEFAULT = 2  # gpu / tpu: stack every group
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """How the nodes and edge terms of one signature share a batched op: a group of at least
+    ``min_size`` members is stacked into one, a smaller one split into singletons; ``None``
+    never stacks (the per-layer structure). Parameters never depend on it.
+
+    ``build(stack=...)`` also takes the short spellings, resolved by :meth:`of` (the one place):
+    ``True`` (stack every group), ``False`` (never), an int ``n`` (``Stacking(n)``) and
+    ``"auto"`` (``8`` on the CPU, every group on accelerators)."""
+
+    min_size: int | None = 1
+
+    def __post_init__(self):
+        n = self.min_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"Stacking.min_size must be a positive int or None, got {n!r}")
+
+    @classmethod
+    def of(cls, stack: "Stacking | str | bool | int") -> "Stacking":
+        if isinstance(stack, Stacking):
+            return stack
+        if isinstance(stack, str) and stack == "auto":
+            return cls(AUTO_STACK.get(jax.default_backend(), AUTO_STACK_DEFAULT))
+        if stack is True or stack is False:
+            return cls(1 if stack else None)
+        if isinstance(stack, int) and stack >= 1:
+            return cls(stack)
+        raise ValueError(f"stack must be True, False, 'auto', a positive int or a Stacking, got "
+                         f"{stack!r}")
+
+    def split(self, items: list) -> list[list]:
+        """One group of items as it is stacked: whole, or as singletons."""
+        if self.min_size is None or len(items) < self.min_size:
+            return [[x] for x in items]
+        return [items]
+
+
 @dataclass(frozen=True)
 class NetPlan:
     """Everything static about a network: hashable (tuples and frozen dataclasses only), with a
@@ -180,20 +222,27 @@ class NetPlan:
     is_dag: bool
     parameterisation: str
     depth: int  # L of the mupc scalings (weight layers on the longest path)
-    stack: Any = True
-    # the model itself (queries, settings, per-node init) is carried along and compared through
-    # its structural hash only: two plans of different models are different static values, so a
-    # jitted function never hands back a network whose plan carries another model's queries
-    model: ModelIR | None = field(default=None, compare=False, repr=False)
-    model_hash: int = 0
+    stack: Stacking = Stacking()
+    settings: SettingsIR = SettingsIR()  # the model's settings: the defaults of every run
+    queries: tuple[QueryIR, ...] = ()  # the model's queries (clamp, read, init, partial)
+    longest_path: int | None = None  # of the energy graph, None when cyclic (SMM of BP)
+    forward_queries: tuple[str, ...] = ()  # queries with a forward pass (Prop. 3.2)
 
     def __hash__(self) -> int:  # cached: equinox hashes static fields on every call
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.name, self.groups, self.terms, self.parents, self.incoming,
-                      self.parameterisation, self.depth, self.stack, self.model_hash))
+                      self.parameterisation, self.depth, self.stack, self.settings, self.queries,
+                      self.forward_queries))
             object.__setattr__(self, "_hash", h)
         return h
+
+    def query(self, name: str) -> QueryIR:
+        for q in self.queries:
+            if q.name == name:
+                return q
+        raise KeyError(f"model {self.name!r} has no query {name!r}; it has: "
+                       + ", ".join(q.name for q in self.queries))
 
     @functools.cached_property
     def loc(self) -> dict[str, tuple[int, int]]:
@@ -223,43 +272,12 @@ class NetPlan:
     def layout(self) -> tuple[tuple[str, ...], ...]:
         return tuple(g.names for g in self.groups)
 
-    @property
-    def settings(self) -> SettingsIR:
-        return self.model.settings if self.model is not None else SettingsIR()
-
 
 def term_name(src: str, dst: str, i: int, n_terms: int) -> str:
     return f"{src}->{dst}" if n_terms == 1 else f"{src}->{dst}[{i}]"
 
 
-# ``stack = "auto"``: the smallest group that is stacked, per backend. On the CPU a batched op over
-# a few members is ~5% slower than separate ops (benchmarks/step_speed.py: 3 stacked 512x512
-# layers), while deep loops still stack (compile time and, on accelerators, kernel launches).
-AUTO_STACK = {"cpu": 8}
-AUTO_STACK_DEFAULT = 2  # gpu / tpu: stack every group
-
-
-def resolve_stack(stack):
-    """``True`` / ``False`` / an int minimum group size; ``"auto"`` picks per backend."""
-    if stack == "auto":
-        return AUTO_STACK.get(jax.default_backend(), AUTO_STACK_DEFAULT)
-    if isinstance(stack, bool) or (isinstance(stack, int) and stack >= 1):
-        return stack
-    raise ValueError(f"stack must be True, False, 'auto' or a positive int, got {stack!r}")
-
-
-def _split(items: list, stack) -> list[list]:
-    """Apply the ``stack`` option to one group of items."""
-    if stack is True:
-        return [items]
-    if stack is False:
-        return [[x] for x in items]
-    if len(items) < int(stack):
-        return [[x] for x in items]
-    return [items]
-
-
-def _node_groups(model: ModelIR, parents: dict, stack) -> list[NodeGroup]:
+def _node_groups(model: ModelIR, parents: dict, stack: Stacking) -> list[NodeGroup]:
     """Nodes grouped by signature (shape, act, energy, precision, prior, has parents)."""
     def node_sig(n):
         has_p = bool(parents[n.name])
@@ -277,7 +295,7 @@ def _node_groups(model: ModelIR, parents: dict, stack) -> list[NodeGroup]:
         by_sig.setdefault(node_sig(nodes[name]), []).append(name)
     groups: list[NodeGroup] = []
     for sig, names in by_sig.items():
-        for part in _split(names, stack):
+        for part in stack.split(names):
             groups.append(NodeGroup(tuple(part), *sig))
     groups.sort(key=lambda g: natural_key(g.names[0]))
     return groups
@@ -321,7 +339,7 @@ def _scaler(param: str, roots: set, leaves: set, L: int, has_skips: bool):
 
 def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="auto") -> NetPlan:
     """The static plan of a model (no parameters): grouping, resolved chains, scales."""
-    stack = resolve_stack(stack)
+    stack = Stacking.of(stack)
     G = to_graph(model)
     param = parameterisation or model.settings.get("parameterisation") or "standard"
     if param not in PARAMETERISATIONS:
@@ -346,7 +364,7 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
     incoming: dict[str, list[tuple[int, int]]] = {v: [] for v in nodes}
     for sig, members in by_tsig.items():
         members.sort(key=lambda m: (loc[m[3]][1], loc[m[2]][1], natural_key(m[1])))
-        for part in _split(members, stack):
+        for part in stack.split(members):
             sg, tg, pre, specs, bias = sig
             terms.append(
                 TermGroup(
@@ -375,10 +393,13 @@ def plan_network(model: ModelIR, *, parameterisation: str | None = None, stack="
         parents=tuple((v, parents[v]) for v in names_sorted),
         children=tuple((v, children[v]) for v in names_sorted),
         incoming=tuple((v, tuple(incoming[v])) for v in names_sorted),
-        is_dag=nx.is_directed_acyclic_graph(G),
+        is_dag=is_dag(G),
         parameterisation=param,
         depth=L,
         stack=stack,
-        model=model,
-        model_hash=hash(model),
+        settings=model.settings,
+        queries=tuple(model.queries),
+        longest_path=longest_path(G),
+        forward_queries=tuple(q.name for q in model.queries
+                              if query_feasibility(model, q).feasible),
     )

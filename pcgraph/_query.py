@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ._graph import natural_key
-from ._ir import ModelIR, QueryIR
+from ._ir import QueryIR
 from ._plan import NetPlan, plan_network
 
 
@@ -75,13 +75,11 @@ class QueryPlan:
             )
 
 
-def _as_query(model: ModelIR | None, query) -> QueryIR:
+def _as_query(plan: NetPlan, query) -> QueryIR:
     if isinstance(query, QueryIR):
         return query
     if isinstance(query, str):
-        if model is None:
-            raise ValueError("a query name needs the model; pass a QueryIR")
-        return model.query(query)
+        return plan.query(query)
     if isinstance(query, Mapping):
         return QueryIR(
             name=str(query.get("name", "<api>")),
@@ -104,7 +102,7 @@ def compile_query(net_or_model, query, *, stack="auto") -> QueryPlan:
         plan = net_or_model
     else:
         plan = plan_network(net_or_model, stack=stack)
-    q = _as_query(plan.model, query)
+    q = _as_query(plan, query)
     for n in (*q.clamp, *q.read, *(m for m, _ in q.init), *(m for m, _ in q.partial)):
         if n not in plan.loc:
             raise KeyError(f"query {q.name!r} names unknown node {n!r}")

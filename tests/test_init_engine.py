@@ -223,7 +223,7 @@ def test_amortised_init_is_the_bottom_up_path_and_learns(x64):
 # ------------------------------------------------------------------------------ enforcement
 def _plan(model, query="train", **kw):
     net = build(model, seed=0)
-    return resolve(net.plan, compile_query(net, query), kw.get("default"),
+    return resolve(net.model, compile_query(net, query), kw.get("default"),
                    tuple(sorted(kw.get("overrides", {}).items())))
 
 

@@ -19,6 +19,8 @@ import optax
 import pytest
 
 from pcgraph import _cost
+from pcgraph import _graph as G_
+from pcgraph import _init_plan as P
 from pcgraph import _initializers as I
 from pcgraph import _memory as M
 
@@ -217,17 +219,17 @@ def _mlp_graph(L=5):
 
 def test_hybrid_avg_forward_first_m_layers_by_depth():
     G = _mlp_graph(5)  # x -> h1 -> h2 -> h3 -> h4 -> y, L = 5 weight layers
-    depth = I.node_depths(G, {"x", "y"})
+    depth = G_.node_depths(G, {"x", "y"})
     assert depth == {"x": 0, "h1": 1, "h2": 2, "h3": 3, "h4": 4, "y": 0}
-    m = I.default_hybrid_m(5)
+    m = P.default_hybrid_m(5)
     assert m == 3
-    methods = I.hybrid_avg_methods(depth, ["h4", "h2", "h1", "h3"], m)
+    methods = P.hybrid_avg_methods(depth, ["h4", "h2", "h1", "h3"], m)
     assert methods == {"h1": "forward", "h2": "forward", "h3": "forward", "h4": "avg"}
-    assert I.hybrid_avg_methods(depth, ["h1", "h2", "h3", "h4"], 0) == dict.fromkeys(
+    assert P.hybrid_avg_methods(depth, ["h1", "h2", "h3", "h4"], 0) == dict.fromkeys(
         ["h1", "h2", "h3", "h4"], "avg")
     G.add_edge("h3", "h1")
     with pytest.raises(ValueError, match="acyclic"):
-        I.node_depths(G, {"x", "y"})
+        G_.node_depths(G, {"x", "y"})
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -243,7 +245,7 @@ def test_sweep_feedback_edges_are_exactly_the_dfs_back_edges_and_deterministic()
     results = set()
     for perm in itertools.permutations(["img", "a", "b", "c", "label"]):
         G = _loop_graph(list(perm))
-        results.add(I.feedback_edges(G, ["label", "img"]))
+        results.add(G_.feedback_edges(G, ["label", "img"]))
     assert len(results) == 1  # independent of declaration / insertion order
     (fb,) = results
     # DFS from img (natural order of clamped: img, label): img -> a -> b -> (a: back edge), b -> label
@@ -260,7 +262,7 @@ def test_sweep_feedback_edges_are_exactly_the_dfs_back_edges_and_deterministic()
 
 def test_sweep_plan_and_values():
     G = _loop_graph(["img", "a", "b", "c", "label"])
-    plan = I.sweep_plan(G, ["img", "label"])
+    plan = P.sweep_plan(G, ["img", "label"])
     assert plan.dropped == (("b", "a"),)
     assert plan.order == ("a", "c", "b")
     assert plan.parents == {"a": ("img",), "c": ("a",), "b": ("a", "c")}
@@ -282,7 +284,7 @@ def test_sweep_plan_and_values():
 
 def test_sweep_on_dag_drops_nothing_and_unreached_root_keeps_fallback():
     G = nx.DiGraph([("z", "h"), ("h", "img")])
-    plan = I.sweep_plan(G, ["img"])
+    plan = P.sweep_plan(G, ["img"])
     assert plan.dropped == ()
     assert plan.order == ("z", "h") and plan.parents["z"] == ()
     out = I.sweep(plan, {"z": jnp.zeros((1, 2)), "h": jnp.ones((1, 2)), "img": jnp.ones((1, 2))},
