@@ -102,7 +102,12 @@ def compile_query(net_or_model, query, *, stack="auto") -> QueryPlan:
         plan = net_or_model
     else:
         plan = plan_network(net_or_model, stack=stack)
-    q = _as_query(plan, query)
+    return _compile(plan, _as_query(plan, query))
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(plan: NetPlan, q: QueryIR) -> QueryPlan:
+    """One query lowered against one plan (once: cached)."""
     for n in (*q.clamp, *q.read, *(m for m, _ in q.init), *(m for m, _ in q.partial)):
         if n not in plan.loc:
             raise KeyError(f"query {q.name!r} names unknown node {n!r}")
