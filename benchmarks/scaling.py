@@ -133,6 +133,7 @@ def hlo(a):
     import numpy as np
 
     import pcgraph as pc
+    from pcgraph import _collectives as C
     from pcgraph import _sharding as S
     from pcgraph._learn import make_train_step
 
@@ -151,9 +152,9 @@ def hlo(a):
         opt = eqx.filter_eval_shape(step.optimizer.init, eqx.filter(net, eqx.is_inexact_array))
         place = S.Placement.make(mesh, net, B)
         t0 = time.perf_counter()
-        text = S.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
+        text = C.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
                                                            "y": ((B, 10), np.float32)})
-        summ = S.collective_summary(S.collectives(text))
+        summ = C.collective_summary(C.collectives(text))
         rec = {"kind": "hlo", "mesh": mesh, "depth": a.hlo_depth, "width": a.hlo_width,
                "init": a.hlo_init or model.settings.get("init"),
                "batch": B, "T": int(model.settings.get("steps")), "param_bytes": param_bytes,

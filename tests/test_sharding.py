@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pcgraph import _sharding as S
+from pcgraph import _collectives as C
+from pcgraph import _mesh as M
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -161,23 +162,23 @@ def test_layer_parallel_inference_exchanges_only_boundary_rows():
 
 # ------------------------------------------------------------------------------ in-process units
 def test_parse_mesh():
-    assert S.parse_mesh("data=2,layer=4") == {"data": 2, "layer": 4}
-    assert S.parse_mesh("8") == {"data": 8} and S.parse_mesh(3) == {"data": 3}
+    assert M.parse_mesh("data=2,layer=4") == {"data": 2, "layer": 4}
+    assert M.parse_mesh("8") == {"data": 8} and M.parse_mesh(3) == {"data": 3}
     for bad, words in (("data=2,depth=4", "unknown mesh axis 'depth'"),
                        ("data=two", "data=N,layer=M"), ("data=0", "at least one device"),
                        ("data=2,data=2", "twice")):
-        with pytest.raises(S.MeshError, match=words):
-            S.parse_mesh(bad)
+        with pytest.raises(M.MeshError, match=words):
+            M.parse_mesh(bad)
 
 
 def test_make_mesh_needs_the_devices():
     import jax
 
     n = jax.device_count()
-    mesh = S.make_mesh(f"data={n}")
+    mesh = M.make_mesh(f"data={n}")
     assert dict(mesh.shape) == {"data": n, "layer": 1}
-    with pytest.raises(S.MeshError, match="xla_force_host_platform_device_count=64"):
-        S.make_mesh("data=16,layer=4")
+    with pytest.raises(M.MeshError, match="xla_force_host_platform_device_count=64"):
+        M.make_mesh("data=16,layer=4")
 
 
 def test_cli_reports_a_mesh_it_cannot_build(tmp_path, capsys):
@@ -216,13 +217,13 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
 
 
 def test_collectives_parser_counts_loops_and_bytes():
-    recs = S.collectives(HLO)
+    recs = C.collectives(HLO)
     by_op = {r["op"]: r for r in recs}
     assert by_op["collective-permute"] == {"op": "collective-permute", "bytes": 32,
                                            "shape": "f32[1,8]{1,0}", "loop": 16}
     assert by_op["all-reduce"]["bytes"] == 8 and by_op["all-reduce"]["loop"] == 16
     assert by_op["all-gather"]["bytes"] == 256 and by_op["all-gather"]["loop"] is None
-    summ = S.collective_summary(recs)
+    summ = C.collective_summary(recs)
     assert summ["per_inference_step"] == {"collective-permute": [1, 32], "all-reduce": [1, 8]}
     assert summ["per_step_outside"] == {"all-gather": [1, 256]}
     assert summ["bytes_per_step"] == 16 * 40 + 256 and summ["loops"] == [16]
