@@ -95,10 +95,19 @@ def test_resnet128_adam_float64_matches_one_device():
 # ------------------------------------------------------------------------------ checkpoints
 def test_checkpoints_cross_device_counts(tmp_path):
     """8 devices then --resume on one, and one then --resume on data=2,layer=4, end with the
-    parameters and Adam state of an uninterrupted single-device run."""
+    parameters and Adam state of an uninterrupted single-device run; ``pcgraph eval`` of a run
+    on 8 devices and on data=2,layer=4 gives the one-device accuracy."""
     out = _json(_run([TESTS / "_sharded_cli.py", tmp_path]))
     assert out["steps"][0] == out["steps"][1] == out["steps"][2] > 0
     assert out["sharded_then_one"] < TOL and out["one_then_sharded"] < TOL, out
+    # pcgraph eval --devices / --mesh: the same accuracy over the same examples as on one device
+    ev = out["eval"]
+    assert ev["one"]["n"] == ev["devices=8"]["n"] == ev["data=2,layer=4"]["n"] > 100
+    assert "devices" not in ev["one"]
+    assert ev["devices=8"]["devices"] == 8 and ev["data=2,layer=4"]["mesh"] == {"data": 2,
+                                                                                 "layer": 4}
+    for k in ("devices=8", "data=2,layer=4"):
+        assert ev[k]["train_accuracy"] == ev["one"]["train_accuracy"], ev
 
 
 # ------------------------------------------------------------------------------ two processes
