@@ -248,7 +248,7 @@ def _mesh(args: argparse.Namespace):
         raise CliError("give --devices N or --mesh SPEC, not both")
     if devices is not None and devices < 1:
         raise CliError(f"--devices {devices} is out of range")
-    from ._sharding import MeshError, initialize, make_mesh, parse_mesh
+    from ._mesh import MeshError, initialize, make_mesh, native_stdout_to_stderr, parse_mesh
 
     if (coord is not None or nproc is not None or pid is not None
             or getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
@@ -258,6 +258,7 @@ def _mesh(args: argparse.Namespace):
             raise CliError(f"--process-id {pid} must be in 0..{nproc - 1}")
         try:
             initialize(coord, nproc, pid)
+            native_stdout_to_stderr()  # gloo's connection lines must not dirty --json
         except (RuntimeError, ValueError) as e:
             raise CliError(f"cannot start jax.distributed: {e}") from None
         if mesh is None and devices is None:

@@ -5,6 +5,8 @@ How arrays are placed on a mesh is :mod:`pcgraph._sharding`; docs/scaling.md is 
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Mapping
 
 import jax
@@ -91,6 +93,21 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
 
 # ------------------------------------------------------------------------------ processes
+def native_stdout_to_stderr() -> None:
+    """Send what native code writes to the process's stdout (gloo's "[Gloo] Rank 0 is connected
+    to 7 peer ranks" lines come from C++ ``std::cout`` when the first collective runs) to
+    stderr, and keep Python's ``sys.stdout`` on the real stdout. A command-line process calls this
+    after :func:`initialize`, so that ``--json`` prints one clean JSON document; a second call is
+    a no-op."""
+    if getattr(native_stdout_to_stderr, "done", False):
+        return
+    sys.stdout.flush()
+    real = os.dup(1)
+    os.dup2(2, 1)  # file descriptor 1 (native writes) is stderr from now on
+    sys.stdout = os.fdopen(real, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8")
+    native_stdout_to_stderr.done = True
+
+
 def global_array(v: np.ndarray, sharding: NamedSharding):
     """A global array from the whole value ``v`` (every process holds it, e.g. the same global
     batch): each process transfers only the rows its own devices hold."""

@@ -45,9 +45,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# the mesh and process helpers, importable from here as well (the CLI, the tests)
-from ._mesh import (AXES, DATA, LAYER, MeshError, axis_size, gather, global_array,  # noqa: F401
-                    initialize, make_mesh, parse_mesh)
+from ._mesh import DATA, LAYER, MeshError, axis_size, gather, global_array, make_mesh
 
 
 # ------------------------------------------------------------------------------ placement

@@ -119,7 +119,8 @@ def _free_port() -> int:
 
 def test_two_processes_train_like_one_device(tmp_path):
     """2 processes x 4 host devices on 127.0.0.1 (jax.distributed, gloo collectives), one mesh
-    data=8: the checkpoint process 0 writes equals a single-device run's."""
+    data=8: the checkpoint process 0 writes equals a single-device run's, and ``--json`` prints
+    one clean JSON document (gloo's connection lines go to stderr)."""
     port = _free_port()
     base = ["-m", "pcgraph", "train", MODELS / "digits_mlp.pcg", "--data", "digits", "--fraction",
             "0.25", "--batch-size", "32", "--epochs", "1", "--quiet", "--json"]
@@ -134,10 +135,10 @@ def test_two_processes_train_like_one_device(tmp_path):
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
-    text = outs[0][0]  # gloo prints its connections on stdout too
-    summary = json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
+    summary = json.loads(outs[0][0])  # stdout is the JSON document alone
     assert summary["processes"] == 2 and summary["devices"] == 8
-    assert "{" not in outs[1][0]  # only process 0 reports and writes
+    assert outs[1][0] == ""  # only process 0 reports and writes
+    assert "[Gloo]" in outs[0][1] + outs[1][1]  # gloo's connection lines went to stderr
     single = _run([*base, "--out", tmp_path / "one"], devices=1)
     assert single.returncode == 0, single.stderr[-3000:]
     cmp = _run(["-c", (
