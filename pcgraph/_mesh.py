@@ -112,7 +112,7 @@ def global_array(v: np.ndarray, sharding: NamedSharding):
     """A global array from the whole value ``v`` (every process holds it, e.g. the same global
     batch): each process transfers only the rows its own devices hold."""
     if jax.process_count() == 1:
-        return jax.device_put(v, sharding)
+        return jax.device_put(np.asarray(v), sharding)
     return jax.make_array_from_callback(v.shape, sharding, lambda idx: v[idx])
 
 

@@ -183,10 +183,11 @@ class Placement:
     # ---- batches
     def batch(self, batch: Mapping[str, Any]) -> dict:
         """A global batch ``{node: [B, ...]}`` split over ``data`` (every process passes the same
-        global batch and transfers only its own rows)."""
+        global batch and transfers only its own rows; from a ``pcgraph._rows.Rows`` it reads
+        only those)."""
         out = {}
         for k, v in batch.items():
-            v = np.asarray(v)
+            v = v if hasattr(v, "shape") else np.asarray(v)  # a pcgraph._rows.Rows stays unread
             self.check_batch(v.shape[0])
             out[k] = global_array(v, self.batch_sharding)
         return out

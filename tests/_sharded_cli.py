@@ -41,8 +41,8 @@ def evaluate(run, *extra):
     return json.loads(out.getvalue())
 
 
-def leaves(ckpt):
-    """Parameters and optimiser state of a checkpoint, read on ONE device."""
+def leaves(ckpt, model=MLP):
+    """Parameters and optimiser state of a checkpoint of ``model``, read on ONE device."""
     import equinox as eqx
     import optax
 
@@ -50,7 +50,7 @@ def leaves(ckpt):
     from pcgraph._load import load as load_model
     from pcgraph._network import build
 
-    net = build(load_model(MLP), seed=0)
+    net = build(load_model(model), seed=0)
     like_opt = optax.adam(1e-3).init(eqx.filter(net, eqx.is_inexact_array))
     net, opt_state, _, meta = load(ckpt, net, like_opt, None)
     return [np.asarray(x) for x in jax.tree_util.tree_leaves((net, opt_state))], meta

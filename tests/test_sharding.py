@@ -117,13 +117,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SMALL_FMNIST = """model small_fmnist {
+  settings { steps = 5; activity_lr = 0.1 }
+  node x: [784]
+  node h: [32] act = tanh
+  node y: [10] energy = categorical
+  x -> h -> y : dense
+  query train { clamp x, y }
+  query test  { clamp x; read y }
+}
+"""
+
+
+def _raw_fashion_mnist(folder: Path, n_train: int = 256, n_test: int = 64) -> Path:
+    """A small Fashion-MNIST look-alike as raw (not gzipped) IDX files: random pixels, labels."""
+    import numpy as np
+
+    from pcgraph import data as D
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        D.write_idx(folder / D._IDX_FILES[f"{split}_images"],
+                    rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        D.write_idx(folder / D._IDX_FILES[f"{split}_labels"],
+                    np.arange(n, dtype=np.uint8) % 10)
+    return folder
+
+
 def test_two_processes_train_like_one_device(tmp_path):
     """2 processes x 4 host devices on 127.0.0.1 (jax.distributed, gloo collectives), one mesh
-    data=8: the checkpoint process 0 writes equals a single-device run's, and ``--json`` prints
-    one clean JSON document (gloo's connection lines go to stderr)."""
+    data=8, on raw IDX files each process reads row by row (memory-mapped, its own rows of each
+    batch): the checkpoint process 0 writes equals a single-device run's (which reads the files
+    whole), and ``--json`` prints one clean JSON document (gloo's connection lines go to
+    stderr)."""
     port = _free_port()
-    base = ["-m", "pcgraph", "train", MODELS / "digits_mlp.pcg", "--data", "digits", "--fraction",
-            "0.25", "--batch-size", "32", "--epochs", "1", "--quiet", "--json"]
+    model = tmp_path / "small_fmnist.pcg"
+    model.write_text(SMALL_FMNIST)
+    data = _raw_fashion_mnist(tmp_path / "fmnist")
+    base = ["-m", "pcgraph", "train", model, "--data", "fashion-mnist", "--data-dir", data,
+            "--batch-size", "32", "--epochs", "1", "--quiet", "--json"]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -136,17 +169,62 @@ def test_two_processes_train_like_one_device(tmp_path):
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     summary = json.loads(outs[0][0])  # stdout is the JSON document alone
-    assert summary["processes"] == 2 and summary["devices"] == 8
+    assert summary["processes"] == 2 and summary["devices"] == 8 and summary["steps"] == 8
+    assert summary["rows_on_demand"] is True  # the images stayed on disk
     assert outs[1][0] == ""  # only process 0 reports and writes
     assert "[Gloo]" in outs[0][1] + outs[1][1]  # gloo's connection lines went to stderr
     single = _run([*base, "--out", tmp_path / "one"], devices=1)
     assert single.returncode == 0, single.stderr[-3000:]
     cmp = _run(["-c", (
-        "import sys, json, numpy as np; sys.path.insert(0, 'tests'); import _sharded_cli as c; "
-        f"a, _ = c.leaves('{tmp_path / 'mp' / 'checkpoint.eqx'}'); "
-        f"b, _ = c.leaves('{tmp_path / 'one' / 'checkpoint.eqx'}'); "
+        "import sys, json; sys.path.insert(0, 'tests'); import _sharded_cli as c; "
+        f"m = {str(model)!r}; "
+        f"a, _ = c.leaves({str(tmp_path / 'mp' / 'checkpoint.eqx')!r}, m); "
+        f"b, _ = c.leaves({str(tmp_path / 'one' / 'checkpoint.eqx')!r}, m); "
         "print(json.dumps(c.diff(a, b)))")], devices=1)
     assert _json(cmp) < TOL
+
+
+def test_rows_read_on_demand(tmp_path):
+    """``data.load(mmap=True)`` on raw IDX files: the same values, means and standard deviations
+    as reading the files whole, and a batch reads only the rows a device shard asks for."""
+    import numpy as np
+
+    from pcgraph import data as D
+    from pcgraph._rows import Rows
+
+    folder = _raw_fashion_mnist(tmp_path, n_train=300, n_test=40)
+    for kw in ({}, {"val_fraction": 0.2, "fraction": 0.5, "seed": 3}, {"normalize": "unit"}):
+        eager = D.load("fashion-mnist", data_dir=folder, **kw)
+        lazy = D.load("fashion-mnist", data_dir=folder, mmap=True, **kw)
+        assert isinstance(lazy.x_train, Rows) and lazy.x_train.shape == eager.x_train.shape
+        assert (lazy.mean, lazy.std) == (eager.mean, eager.std)
+        for split in ("train", "val", "test"):
+            a, b = getattr(eager, f"x_{split}"), getattr(lazy, f"x_{split}")
+            assert (a is None and b is None) or np.array_equal(a, np.asarray(b)), split
+    # gzipped files cannot be mapped: read whole, as before
+    D.write_idx(tmp_path / "gz.gz", np.zeros((3, 2), np.uint8))
+    assert not isinstance(D.read_idx(tmp_path / "gz.gz", mmap=True), np.memmap)
+
+    class Counting:  # the memory-mapped images, recording which rows are read
+        def __init__(self, a):
+            self.a, self.read = a, []
+            self.shape = a.shape
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, i):
+            self.read.extend(np.asarray(i).ravel().tolist())
+            return self.a[i]
+
+    rows = lazy.x_train
+    counted = rows._with(raw=Counting(rows.raw))
+    idx = np.random.default_rng(1).permutation(len(rows))[:64]
+    batch = counted[idx]  # a training batch: nothing read yet
+    assert isinstance(batch, Rows) and counted.raw.read == []
+    shard = batch[(slice(16, 24), slice(None))]  # what one device's callback asks for
+    assert np.array_equal(shard, eager.x_train[idx[16:24]])
+    assert sorted(counted.raw.read) == sorted(rows.index[idx[16:24]].tolist())
 
 
 # ------------------------------------------------------------------------------ HLO
