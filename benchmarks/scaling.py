@@ -90,7 +90,6 @@ def scaling(a):
 
     model = _model(a.depth, a.width)
     net = pc.build(model, stack=True)
-    mach = _machine()
     for mode in ("strong", "weak"):
         for axis in a.axes:
             ref = None
@@ -120,7 +119,8 @@ def scaling(a):
                        "global_batch": B, "steps": res.state.step,
                        "ms_per_step": res.history[-1]["ms_per_step"],
                        "compile_s": res.history[-1]["compile_time_s"], "wall_s": wall,
-                       "max_param_diff_vs_one_device": diff, "traces": res.traces, **mach}
+                       "max_param_diff_vs_one_device": diff, "traces": res.traces,
+                       **_machine()}  # the load average when this run ended
                 _append(a.out, rec)
                 print(json.dumps({k: rec[k] for k in ("kind", "axis", "devices", "global_batch",
                                                       "ms_per_step",

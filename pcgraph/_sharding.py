@@ -249,6 +249,32 @@ def shard_eval(fn: Callable, mesh) -> Callable:
 
 
 # ------------------------------------------------------------------------------ the fit hook
+SEQUENTIAL_INITS = ("forward", "mem_forward", "sweep")  # computed layer after layer
+
+
+class SequentialInitWarning(UserWarning):
+    """A layer-after-layer initialisation under a ``layer`` mesh: correct, but it moves weights."""
+
+
+def warn_sequential_init(placement: Placement, initialiser) -> None:
+    """Warn when stacked layers are split over ``layer`` and the training initialisation runs
+    them one after another: pcgraph has no pipelined forward, so XLA's partitioner moves every
+    layer's weights to the devices that need them, once per training step (docs/scaling.md)."""
+    if placement.n_layer == 1 or not placement.stacked or initialiser is None:
+        return
+    used = [m for m in SEQUENTIAL_INITS if initialiser.uses(m)]
+    if used:
+        import warnings
+
+        warnings.warn(
+            f"init = {used[0]} computes the layers one after another, and under the layer mesh "
+            f"axis ({placement.n_layer} devices) that moves every stacked layer's weights between "
+            "devices once per training step (there is no pipelined forward; the results are "
+            "still exact). To exchange only boundary activities, train with init = zero or "
+            "random, or split over data only (docs/scaling.md, 'Forward initialisation under a "
+            "layer mesh').", SequentialInitWarning, stacklevel=4)
+
+
 class FitPlacement:
     """What ``fit`` does differently on a mesh: the step made a sharded one, the network,
     optimiser state and initialiser state placed, every batch split; ``net``/``opt``/``carry``/
@@ -258,6 +284,7 @@ class FitPlacement:
         self.placement = Placement.make(mesh, net, batch_size)
         self.like_net, self.like_opt = net, opt_state
         self.placement.shard_step(step_fn, net, opt_state)
+        warn_sequential_init(self.placement, step_fn.initialiser)
 
     def place(self, net, opt_state, carry):
         p = self.placement
