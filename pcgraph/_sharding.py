@@ -272,7 +272,7 @@ def warn_sequential_init(placement: Placement, initialiser) -> None:
             "devices once per training step (there is no pipelined forward; the results are "
             "still exact). To exchange only boundary activities, train with init = zero or "
             "random, or split over data only (docs/scaling.md, 'Forward initialisation under a "
-            "layer mesh').", SequentialInitWarning, stacklevel=4)
+            "layer mesh').", SequentialInitWarning, stacklevel=5)
 
 
 class FitPlacement:

@@ -1,8 +1,9 @@
 """Run by tests/test_sharding.py in a subprocess with 8 forced host devices: train one model for
 10 steps on one device and on each given mesh, print the largest parameter difference per mesh
-as JSON. argv: SPEC MESH... with SPEC a JSON object: path, params, stack, batch, steps, T (inference
-steps), init, optimizer ({"sgd": lr}; default: the model's), reorders (also train on one device
-with the rows of each batch in N other orders, "reordered": the largest difference of each)."""
+as JSON. argv: SPEC MESH... with SPEC a JSON object: path, params, stack, batch, steps, T
+(inference steps), init, optimizer ({"sgd": lr} or {"adam": lr, "eps": eps}; default: the
+model's), reorders (also train on one device with the rows of each batch in N other orders;
+"reordered": the largest difference of each from the first run)."""
 
 import dataclasses
 import json
@@ -54,7 +55,8 @@ def main() -> None:
                                      y_train=ds.y_train[:B * steps])
     opt = spec.get("optimizer")
     kw = dict(epochs=1, batch_size=B, eval_data=False, trace_inference=False,
-              weight_optimizer=optax.sgd(opt["sgd"]) if opt and "sgd" in opt else None,
+              weight_optimizer=(optax.sgd(opt["sgd"]) if opt and "sgd" in opt else
+                                optax.adam(opt["adam"], eps=opt.get("eps", 1e-8)) if opt else None),
               init=spec.get("init"), steps=spec.get("T"))
     ref = pc.fit(net, arrays, **kw)
     out = {"steps": ref.state.step}
