@@ -90,7 +90,6 @@ def scaling(a):
 
     model = _model(a.depth, a.width)
     net = pc.build(model, stack=True)
-    mach = _machine()
     for mode in ("strong", "weak"):
         for axis in a.axes:
             ref = None
@@ -120,7 +119,8 @@ def scaling(a):
                        "global_batch": B, "steps": res.state.step,
                        "ms_per_step": res.history[-1]["ms_per_step"],
                        "compile_s": res.history[-1]["compile_time_s"], "wall_s": wall,
-                       "max_param_diff_vs_one_device": diff, "traces": res.traces, **mach}
+                       "max_param_diff_vs_one_device": diff, "traces": res.traces,
+                       **_machine()}  # the load average when this run ended
                 _append(a.out, rec)
                 print(json.dumps({k: rec[k] for k in ("kind", "axis", "devices", "global_batch",
                                                       "ms_per_step",
@@ -133,6 +133,7 @@ def hlo(a):
     import numpy as np
 
     import pcgraph as pc
+    from pcgraph import _collectives as C
     from pcgraph import _sharding as S
     from pcgraph._learn import make_train_step
 
@@ -151,9 +152,9 @@ def hlo(a):
         opt = eqx.filter_eval_shape(step.optimizer.init, eqx.filter(net, eqx.is_inexact_array))
         place = S.Placement.make(mesh, net, B)
         t0 = time.perf_counter()
-        text = S.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
+        text = C.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
                                                            "y": ((B, 10), np.float32)})
-        summ = S.collective_summary(S.collectives(text))
+        summ = C.collective_summary(C.collectives(text))
         rec = {"kind": "hlo", "mesh": mesh, "depth": a.hlo_depth, "width": a.hlo_width,
                "init": a.hlo_init or model.settings.get("init"),
                "batch": B, "T": int(model.settings.get("steps")), "param_bytes": param_bytes,

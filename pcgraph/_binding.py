@@ -156,7 +156,7 @@ def eval_batches(arrays: Mapping[str, np.ndarray],
     for ib, _, mask in _data.eval_batches(idx, idx, max(1, min(batch_size, n))):
         out = {}
         for k, a in arrays.items():
-            b = a[ib]
+            b = np.asarray(a[ib])  # a copy (also of rows read on demand, pcgraph._rows)
             if not mask.all():
                 b[~mask] = 0
             out[k] = b

@@ -8,13 +8,15 @@ import json
 import sys
 
 from ._cli_common import EXIT_OK, CliError, load_model, reporting
+from ._cli_options import add_device_options
 from ._cli_run_dir import jsonable_dict
 
 
 def configure_eval(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("--json prints {model, algorithm, data, checkpoint, epoch, query, split, n, "
-                "SPLIT_accuracy, SPLIT_mse, settings}\n(SPLIT is test or train; the text output "
+                "SPLIT_accuracy, SPLIT_mse, settings; with --devices/--mesh: devices, mesh, "
+                "processes}\n(SPLIT is test or train; the text output "
                 "first names the run's model, algorithm and settings)"
                 "\nExit status: 0 ok, 1 model errors, 2 usage/data/checkpoint errors.")
     p.add_argument("file", metavar="FILE", help=".pcg model file")
@@ -27,6 +29,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="B")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--json", action="store_true", help="print a JSON result on stdout")
+    add_device_options(p)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -34,6 +37,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ._cli_train import device_mesh
+
+    mesh = device_mesh(args)  # each evaluation batch split over the mesh's devices
     model = load_model(args.file)
     from ._run import RunError, checkpoint_path, describe, load_run
 
@@ -62,7 +68,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     query = args.query or run.test_query
     try:
-        res = run.evaluate(ds, query=query, batch_size=args.batch_size, split=args.split)
+        res = run.evaluate(ds, query=query, batch_size=args.batch_size, split=args.split,
+                           mesh=mesh)
     except (BindingError, D.DataError, ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
     split = args.split
@@ -70,6 +77,13 @@ def _eval(args: argparse.Namespace) -> int:
            "epoch": run.epoch, "query": res.get("query", query), "split": split, "n": res.get("n"),
            f"{split}_accuracy": res.get("accuracy"), f"{split}_mse": res.get("mse"),
            "settings": jsonable_dict(run.settings)}
+    if mesh is not None:
+        import jax
+
+        out.update(devices=int(mesh.devices.size), mesh=dict(mesh.shape),
+                   processes=jax.process_count())
+        if jax.process_index() != 0:  # only process 0 reports
+            return EXIT_OK
     if args.json:
         print(json.dumps(out, indent=2))
         return EXIT_OK

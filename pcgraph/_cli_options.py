@@ -33,6 +33,8 @@ TRAIN_JSON_FIELDS = """\
   resumed_from     epoch the run was resumed from (0 for a fresh run)
   devices, mesh, processes   with --devices/--mesh: the device count, {"data": N, "layer": M}
                    and the number of processes (printed by process 0 only)
+  rows_on_demand   with --devices/--mesh: true when the images stay on disk and each process
+                   reads only its rows (several processes, raw IDX files; docs/scaling.md)
   collapse         null, or {epoch, metric, value, best, best_epoch, message} when accuracy fell
                    far below its best (lost over half its gain over chance) or MSE doubled
 """

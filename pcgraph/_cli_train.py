@@ -41,7 +41,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    mesh = _mesh(args)
+    mesh = device_mesh(args)
     primary = mesh is None or _process_index() == 0  # only process 0 writes the run directory
     model = load_model(args.file)
     from ._run import default_dir
@@ -62,7 +62,8 @@ def _train(args: argparse.Namespace) -> int:
     seed = cli["seed"] = int(cli["seed"] if cli["seed"] is not None else model.settings.get("seed"))
     config = _resolve(model, cli, epochs)
     ds = _load_data(cli["data"], cli["data_dir"], float(cli["fraction"] or 1.0), seed,
-                    bool(args.download), config.record["normalize"])
+                    bool(args.download), config.record["normalize"],
+                    mmap=mesh is not None and _process_count() > 1)
     _preflight(model, cli, epochs, seed)  # limits and memory, before anything is allocated
     net, like_carry = _build(model, ds, config, q, tq, seed)
     cli["epochs"] = config.record["epochs"]
@@ -99,6 +100,10 @@ def _train(args: argparse.Namespace) -> int:
     summary = _summary(result, recorder, model.name, cli["data"], config.record, out,
                        resumed_from=state.epoch if state else 0, mesh=mesh,
                        wall_time_s=time.perf_counter() - t_start)
+    if mesh is not None:
+        from ._rows import Rows
+
+        summary["rows_on_demand"] = isinstance(ds.x_train, Rows)  # data.load(mmap=True)
     _report(summary, args.json, recorder.collapsed)
     return EXIT_OK
 
@@ -238,7 +243,7 @@ def _report(summary: dict, as_json: bool, collapsed: list) -> None:
         print(f"warning: {collapsed[0]['message']}")
 
 
-def _mesh(args: argparse.Namespace):
+def device_mesh(args: argparse.Namespace):
     """Start jax.distributed when asked and return the mesh for ``fit`` (None: one device).
     Before anything else touches JAX."""
     coord, nproc, pid = (getattr(args, k, None) for k in
@@ -248,7 +253,7 @@ def _mesh(args: argparse.Namespace):
         raise CliError("give --devices N or --mesh SPEC, not both")
     if devices is not None and devices < 1:
         raise CliError(f"--devices {devices} is out of range")
-    from ._sharding import MeshError, initialize, make_mesh, parse_mesh
+    from ._mesh import MeshError, initialize, make_mesh, native_stdout_to_stderr, parse_mesh
 
     if (coord is not None or nproc is not None or pid is not None
             or getattr(args, "distributed", False) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
@@ -258,6 +263,7 @@ def _mesh(args: argparse.Namespace):
             raise CliError(f"--process-id {pid} must be in 0..{nproc - 1}")
         try:
             initialize(coord, nproc, pid)
+            native_stdout_to_stderr()  # gloo's connection lines must not dirty --json
         except (RuntimeError, ValueError) as e:
             raise CliError(f"cannot start jax.distributed: {e}") from None
         if mesh is None and devices is None:
@@ -280,13 +286,19 @@ def _process_index() -> int:
     return jax.process_index()
 
 
+def _process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
 def _load_data(name: str, data_dir, fraction: float, seed: int, download: bool = False,
-               normalize: str | None = None):
+               normalize: str | None = None, mmap: bool = False):
     from . import data as D
 
     try:
         return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed, download=download,
-                      normalize=normalize or "standardize")
+                      normalize=normalize or "standardize", mmap=mmap)
     except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import equinox as eqx
 import jax
+import numpy as np
 
 from . import _limits
 from . import data as _data
@@ -277,7 +278,10 @@ class _OneDevice:
     def net(self, x):
         return x
 
-    opt = carry = batch = split = net
+    opt = carry = batch = net
+
+    def split(self, batch):  # rows of a memory-mapped data set (pcgraph._rows) read here
+        return {k: np.asarray(v) for k, v in batch.items()}
 
     def place(self, net, opt_state, carry):
         return net, opt_state, carry

@@ -182,14 +182,16 @@ def _read_exactly(f, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     """Read an IDX file (raw or gzipped): magic ``0 0 dtype ndim``, big-endian int32 dims, data.
 
     The header is read first and the size it announces checked (against ``MAX_DATA_BYTES`` and
-    the file) before the data is read, so a gzip bomb or a forged header allocates nothing."""
+    the file) before the data is read, so a gzip bomb or a forged header allocates nothing.
+    ``mmap``: a raw (not gzipped) file is memory-mapped (``np.memmap``), read only where indexed."""
     path = Path(path)
     try:
         with _open_stream(path) as f:
+            mapped = mmap and not isinstance(f, gzip.GzipFile)
             head = f.read(4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
                 raise DataFormatError(
@@ -206,6 +208,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             if size > MAX_DATA_BYTES:
                 raise DataFormatError(f"{path}: IDX header announces dims {dims} ({size:,} bytes),"
                                       f" over the {MAX_DATA_BYTES:,}-byte limit (data.MAX_DATA_BYTES)")
+            if mapped and path.stat().st_size == header + size:
+                return np.memmap(path, dtype, "r", offset=header, shape=dims)
             buf = _read_exactly(f, size + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f"{path}: cannot read ({e})") from e
@@ -408,7 +412,7 @@ def _not_found(name: str, dirs: list[Path]) -> DatasetNotFoundError:
                                 f"exists.")
 
 
-def _raw(name: str, data_dir, download_: bool, base_url: str | None):
+def _raw(name: str, data_dir, download_: bool, base_url: str | None, mmap: bool = False):
     """(x_train uint8 N,C,H,W, y_train, x_test, y_test, max pixel value)."""
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -433,7 +437,7 @@ def _raw(name: str, data_dir, download_: bool, base_url: str | None):
         xte, yte = _read_cifar_batch(found / "test_batch")
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                 xte, yte, 255.0)
-    arrs = {k: read_idx(p) for k, p in found.items()}
+    arrs = {k: read_idx(p, mmap=mmap and k.endswith("images")) for k, p in found.items()}
     for split in ("train", "test"):
         xi, yi = arrs[f"{split}_images"], arrs[f"{split}_labels"]
         if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
@@ -462,7 +466,8 @@ def stratified_indices(y: np.ndarray, fraction: float, rng: np.random.Generator,
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool | None = True,
          normalize: str = "standardize", val_fraction: float = 0.0, fraction: float = 1.0,
-         seed: int = 0, download: bool = False, base_url: str | None = None) -> Dataset:
+         seed: int = 0, download: bool = False, base_url: str | None = None,
+         mmap: bool = False) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`).
 
     Parameters
@@ -475,6 +480,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool 
     fraction : stratified share of the (remaining) training set kept, e.g. 0.25.
     seed : picks the validation split and the fraction subset (the test set never changes).
     download : fetch missing files (checksummed) from the mirrors or ``base_url``.
+    mmap : images of raw (not gzipped) IDX files stay on disk (``pcgraph._rows.Rows``) and each
+        row is read when a batch asks for it (several processes: each reads its own rows).
     """
     name = _canonical(name)
     if normalize not in ("standardize", "unit"):
@@ -482,7 +489,11 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool 
     if not 0.0 < fraction <= 1.0 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"need 0 < fraction <= 1 and 0 <= val_fraction < 1 "
                          f"(got {fraction}, {val_fraction})")
-    xtr, ytr, xte, yte, scale = _raw(name, data_dir, download, base_url)
+    xtr, ytr, xte, yte, scale = _raw(name, data_dir, download, base_url, mmap)
+    if isinstance(xtr, np.memmap):  # rows read on demand; the operations below stay lazy
+        from ._rows import Rows
+
+        xtr, xte = Rows(xtr), Rows(xte)
     ytr, yte = ytr.astype(np.int32), yte.astype(np.int32)
     n_classes = 10
     if max(ytr.max(initial=0), yte.max(initial=0)) >= n_classes or min(ytr.min(initial=0),

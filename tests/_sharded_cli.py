@@ -1,7 +1,8 @@
 """Run by tests/test_sharding.py in a subprocess (XLA_FLAGS forces 8 host devices): checkpoints
 across device counts through ``pcgraph train``. argv: RUN_DIR. Prints JSON: the largest parameter
 and optimiser-state difference of (8 devices, then resumed on 1) and (1 device, then resumed on
-data=2,layer=4) against an uninterrupted single-device run."""
+data=2,layer=4) against an uninterrupted single-device run, and ``pcgraph eval --json`` of that
+run on one device, with --devices 8 and with --mesh data=2,layer=4."""
 
 import contextlib
 import io
@@ -29,8 +30,19 @@ def train(out, *extra):
         raise SystemExit(f"pcgraph train {' '.join(extra)} exited {code}: {err.getvalue()}")
 
 
-def leaves(ckpt):
-    """Parameters and optimiser state of a checkpoint, read on ONE device."""
+def evaluate(run, *extra):
+    """``pcgraph eval --json`` of a run directory (on this process's devices): its JSON."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["eval", MLP, "--checkpoint", str(run), "--json", "--split", "train",
+                     "--batch-size", "40", *extra])
+    if code != 0:
+        raise SystemExit(f"pcgraph eval {' '.join(extra)} exited {code}: {err.getvalue()}")
+    return json.loads(out.getvalue())
+
+
+def leaves(ckpt, model=MLP):
+    """Parameters and optimiser state of a checkpoint of ``model``, read on ONE device."""
     import equinox as eqx
     import optax
 
@@ -38,7 +50,7 @@ def leaves(ckpt):
     from pcgraph._load import load as load_model
     from pcgraph._network import build
 
-    net = build(load_model(MLP), seed=0)
+    net = build(load_model(model), seed=0)
     like_opt = optax.adam(1e-3).init(eqx.filter(net, eqx.is_inexact_array))
     net, opt_state, _, meta = load(ckpt, net, like_opt, None)
     return [np.asarray(x) for x in jax.tree_util.tree_leaves((net, opt_state))], meta
@@ -58,8 +70,11 @@ def main_() -> None:
     ref, mref = leaves(root / "ref" / "checkpoint.eqx")
     a, ma = leaves(root / "a" / "checkpoint.eqx")
     b, mb = leaves(root / "b" / "checkpoint.eqx")
+    evals = {k: evaluate(root / "ref", *extra) for k, extra in (
+        ("one", ()), ("devices=8", ("--devices", "8")), ("data=2,layer=4", ("--mesh",
+                                                                          "data=2,layer=4")))}
     print(json.dumps({"sharded_then_one": diff(ref, a), "one_then_sharded": diff(ref, b),
-                      "steps": [mref["step"], ma["step"], mb["step"]]}))
+                      "steps": [mref["step"], ma["step"], mb["step"]], "eval": evals}))
 
 
 if __name__ == "__main__":

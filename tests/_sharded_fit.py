@@ -1,12 +1,15 @@
 """Run by tests/test_sharding.py in a subprocess with 8 forced host devices: train one model for
 10 steps on one device and on each given mesh, print the largest parameter difference per mesh
-as JSON. argv: SPEC MESH... with SPEC a JSON object: path, params, stack, batch, steps, T (inference
-steps), init, optimizer ({"sgd": lr}; default: the model's)."""
+as JSON. argv: SPEC MESH... with SPEC a JSON object: path, params, stack, batch, steps, T
+(inference steps), init, optimizer ({"sgd": lr} or {"adam": lr, "eps": eps}; default: the
+model's), reorders (also train on one device with the rows of each batch in N other orders;
+"reordered": the largest difference of each from the first run)."""
 
 import dataclasses
 import json
 import os
 import sys
+import warnings
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
@@ -15,6 +18,24 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import pcgraph as pc  # noqa: E402
+from pcgraph._sharding import SequentialInitWarning  # noqa: E402
+
+
+def reordered(arrays: dict, B: int, r: int) -> dict:
+    """``arrays`` whose training batches (epoch 0, seed 0: data.batches' permutation) hold the
+    same rows in another order: reversed (r = 0) or shuffled by seed r. The same sums, summed in
+    another order."""
+    n = len(next(iter(arrays.values())))
+    perm = np.random.default_rng([0, 0]).permutation(n)
+    moved = perm.copy()
+    for i in range(0, n - n % B, B):
+        blk = perm[i:i + B]
+        moved[i:i + B] = blk[::-1] if r == 0 else np.random.default_rng(r).permutation(blk)
+    out = {}
+    for k, v in arrays.items():
+        out[k] = np.array(v)
+        out[k][perm] = v[moved]
+    return out
 
 
 def main() -> None:
@@ -34,13 +55,23 @@ def main() -> None:
                                      y_train=ds.y_train[:B * steps])
     opt = spec.get("optimizer")
     kw = dict(epochs=1, batch_size=B, eval_data=False, trace_inference=False,
-              weight_optimizer=optax.sgd(opt["sgd"]) if opt and "sgd" in opt else None,
+              weight_optimizer=(optax.sgd(opt["sgd"]) if opt and "sgd" in opt else
+                                optax.adam(opt["adam"], eps=opt.get("eps", 1e-8)) if opt else None),
               init=spec.get("init"), steps=spec.get("T"))
     ref = pc.fit(net, arrays, **kw)
     out = {"steps": ref.state.step}
     ref_leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(ref.net)]
+    if spec.get("reorders"):  # one device, the rows of every batch in another order
+        out["reordered"] = [
+            max(float(np.max(np.abs(a - np.asarray(b)))) for a, b in zip(
+                ref_leaves, jax.tree_util.tree_leaves(pc.fit(net, reordered(arrays, B, r),
+                                                             **kw).net)) if a.size)
+            for r in range(spec["reorders"])]
     for mesh in sys.argv[2:]:
-        res = pc.fit(net, arrays, mesh=mesh, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = pc.fit(net, arrays, mesh=mesh, **kw)
+        out[mesh + ":warned"] = any(issubclass(w.category, SequentialInitWarning) for w in caught)
         leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(res.net)]
         out[mesh] = max(float(np.max(np.abs(a - b))) for a, b in zip(ref_leaves, leaves)
                         if a.size)

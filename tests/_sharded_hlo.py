@@ -12,6 +12,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pcgraph as pc  # noqa: E402
+from pcgraph import _collectives as C  # noqa: E402
+from pcgraph import _mesh as M  # noqa: E402
 from pcgraph import _sharding as S  # noqa: E402
 from pcgraph._learn import make_train_step  # noqa: E402
 
@@ -24,11 +26,11 @@ for mesh in ("data=8", "data=2,layer=4"):
     step = make_train_step(net, "train", jit=False)
     opt = eqx.filter_eval_shape(step.optimizer.init, eqx.filter(net, eqx.is_inexact_array))
     place = S.Placement.make(mesh, net, B)
-    hlo = S.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
+    hlo = C.compiled_step_hlo(step, place, net, opt, {"x": ((B, 784), np.float32),
                                                       "y": ((B, 10), np.float32)})
-    out[mesh] = S.collective_summary(S.collectives(hlo))
+    out[mesh] = C.collective_summary(C.collectives(hlo))
 try:
     S.Placement.make("data=8", net, 12)
-except S.MeshError as e:
+except M.MeshError as e:
     out["batch_error"] = str(e)
 print(json.dumps(out))
