@@ -22,7 +22,7 @@ from ._errors import Error as Error
 from ._feasibility import init_plan as init_plan
 from ._feasibility import query_feasibility as query_feasibility
 from ._format import format_model as format_model
-from ._graph import analyse as analyse
+from ._graph import graph_report as graph_report
 from ._graph import to_graph as to_graph
 from ._ir import EdgeIR as EdgeIR
 from ._ir import EnergyIR as EnergyIR
@@ -51,16 +51,12 @@ except importlib.metadata.PackageNotFoundError:  # a source tree that was never 
 
 if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr__ below
     from . import data as data
+    from ._alignment import Alignment as Alignment
+    from ._alignment import bp_loss as bp_loss
+    from ._alignment import update_alignment as update_alignment
     from ._analysis import QueryAnalysis as QueryAnalysis
-    from ._analysis import SingularSystemWarning as SingularSystemWarning
-    from ._analysis import Spectrum as Spectrum
+    from ._analysis import analyse as analyse
     from ._analysis import analyse_query as analyse_query
-    from ._analysis import bp_loss as bp_loss
-    from ._analysis import chain_equilibrated_energy as chain_equilibrated_energy
-    from ._analysis import equilibrated_energy as equilibrated_energy
-    from ._analysis import hessian_operator as hessian_operator
-    from ._analysis import hessian_spectrum as hessian_spectrum
-    from ._analysis import update_alignment as update_alignment
     from ._binding import BindingError as BindingError
     from ._collapse import CollapseWarning as CollapseWarning
     from ._config import Config as Config
@@ -74,6 +70,11 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._energy import energy as energy
     from ._energy import node_energies as node_energies
     from ._energy import predictions as predictions
+    from ._equilibrium import Equilibrium as Equilibrium
+    from ._equilibrium import SingularSystemWarning as SingularSystemWarning
+    from ._equilibrium import chain_equilibrated_energy as chain_equilibrated_energy
+    from ._equilibrium import equilibrated_energy as equilibrated_energy
+    from ._equilibrium import equilibrium as equilibrium
     from ._evaluate import Evaluator as Evaluator
     from ._evaluate import evaluate as evaluate
     from ._evaluate import inference_trace as inference_trace
@@ -100,6 +101,9 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._run import Run as Run
     from ._run import RunError as RunError
     from ._run import load_run as load_run
+    from ._spectrum import Spectrum as Spectrum
+    from ._spectrum import hessian_operator as hessian_operator
+    from ._spectrum import hessian_spectrum as hessian_spectrum
     from ._theory import activity_hessian as activity_hessian
     from ._theory import condition_number as condition_number
     from ._theory import linear_equilibrium as linear_equilibrium
@@ -107,16 +111,12 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
 # name -> module that defines it (the TYPE_CHECKING block above, for the interpreter)
 _LAZY = {
     "data": ".data",
+    "Alignment": "._alignment",
+    "bp_loss": "._alignment",
+    "update_alignment": "._alignment",
     "QueryAnalysis": "._analysis",
-    "SingularSystemWarning": "._analysis",
-    "Spectrum": "._analysis",
+    "analyse": "._analysis",
     "analyse_query": "._analysis",
-    "bp_loss": "._analysis",
-    "chain_equilibrated_energy": "._analysis",
-    "equilibrated_energy": "._analysis",
-    "hessian_operator": "._analysis",
-    "hessian_spectrum": "._analysis",
-    "update_alignment": "._analysis",
     "BindingError": "._binding",
     "CollapseWarning": "._collapse",
     "Config": "._config",
@@ -130,6 +130,11 @@ _LAZY = {
     "energy": "._energy",
     "node_energies": "._energy",
     "predictions": "._energy",
+    "Equilibrium": "._equilibrium",
+    "SingularSystemWarning": "._equilibrium",
+    "chain_equilibrated_energy": "._equilibrium",
+    "equilibrated_energy": "._equilibrium",
+    "equilibrium": "._equilibrium",
     "Evaluator": "._evaluate",
     "evaluate": "._evaluate",
     "inference_trace": "._evaluate",
@@ -156,6 +161,9 @@ _LAZY = {
     "Run": "._run",
     "RunError": "._run",
     "load_run": "._run",
+    "Spectrum": "._spectrum",
+    "hessian_operator": "._spectrum",
+    "hessian_spectrum": "._spectrum",
     "activity_hessian": "._theory",
     "condition_number": "._theory",
     "linear_equilibrium": "._theory",
@@ -178,7 +186,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Diagnostic", "EdgeIR", "EnergyIR", "Error", "ModelIR", "NodeIR", "ParamIR", "PcgError",
-    "PriorIR", "QueryIR", "SettingsIR", "ShapeError", "Span", "TermIR", "TransformIR", "analyse",
-    "check", "format_model", "init_plan", "load", "parse_model", "query_feasibility", "to_graph",
-    "validate", "__version__", "Limits", "limits", "set_limits", *_LAZY,
+    "PriorIR", "QueryIR", "SettingsIR", "ShapeError", "Span", "TermIR", "TransformIR",
+    "check", "format_model", "graph_report", "init_plan", "load", "parse_model",
+    "query_feasibility", "to_graph", "validate", "__version__", "Limits", "limits", "set_limits", *_LAZY,
 ]

@@ -86,7 +86,7 @@ def check_report(path: str, loaded: Checked) -> dict:
     "longest_path"}, "queries": [{"name","clamp","read","partial","forward": {"feasible","reason","cycle",
     "unclamped_roots"}, "init_plan": {node: method}}], "diagnostics": [Diagnostic.as_dict()]}``.
     After a syntax error only ``file``, ``ok``, ``model`` (null) and ``diagnostics`` are present."""
-    from ._feasibility import analyse, plan_with_problems, query_feasibility
+    from ._feasibility import graph_report, plan_with_problems, query_feasibility
 
     out: dict = {"file": path, "ok": loaded.ok, "model": None}
     m = loaded.model
@@ -104,7 +104,7 @@ def check_report(path: str, loaded: Checked) -> dict:
         out["amortised"] = [{"src": e.src, "dst": e.dst, "terms": _terms(e)} for e in m.amortised]
         out["param_count"] = param_count(m)
         out["settings"] = m.settings.as_dict()
-        out["graph"] = analyse(m).as_dict()
+        out["graph"] = graph_report(m).as_dict()
         out["queries"] = [
             {"name": q.name, "clamp": list(q.clamp), "read": list(q.read),
              "partial": [{"node": n, "mask": m} for n, m in q.partial],

@@ -1,4 +1,4 @@
-"""``pcgraph analyse FILE``: the theory tools of ``_analysis`` on a batch, per query.
+"""``pcgraph analyse FILE``: :func:`pcgraph.analyse` on a batch, per query.
 
 For each query (all of the model's, or ``--query``) on one batch (the first ``--batch-size``
 training examples of ``--data``, else a seeded standard-normal batch with random one-hot labels
@@ -28,8 +28,9 @@ JSON_FIELDS = """\
   energy_init / energy_end   {node: E_v} (batch mean) at t = 0 and after T steps
   total_init / total_end     F at t = 0 and after T steps
   hessian_at                 init | end: where the activity Hessian is taken
-  hessian                    {lambda_min, lambda_max, cond, n, method, scale, converged, matvecs}
-                             (per-sample eigenvalues; cond null when lambda_min <= 0)
+  hessian                    {lambda_min, lambda_max, cond, n, method, scale, converged, matvecs,
+                             residual} (per-sample eigenvalues; cond null when lambda_min <= 0;
+                             residual ||Hv - lambda_min v|| for lanczos, else null)
   alignment                  {cosine, per_term: {term: cosine}, pc_norm, bp_norm} or null
   linear                     whether every transform is linear-gaussian
   equilibrium                linear graphs: {equilibrated_energy (null when singular), singular,
@@ -162,9 +163,9 @@ def _data_batch(net, args) -> tuple[dict, str]:
 
 
 def analyse_model(net, queries, batch: dict, **kwargs) -> list:
-    """:func:`pcgraph.analyse_query` for each query whose clamped nodes ``batch`` holds; a query
+    """:func:`pcgraph.analyse` for each query whose clamped nodes ``batch`` holds; a query
     it cannot run is a dict ``{"query", "skipped": reason}``."""
-    from ._analysis import analyse_query
+    from ._analysis import analyse
     from ._query import compile_query
 
     out = []
@@ -174,7 +175,7 @@ def analyse_model(net, queries, batch: dict, **kwargs) -> list:
         if missing:
             out.append({"query": name, "skipped": f"the batch has no data for {', '.join(missing)}"})
             continue
-        out.append(analyse_query(net, q, {n: batch[n] for n in q.clamp}, **kwargs))
+        out.append(analyse(net, q, {n: batch[n] for n in q.clamp}, **kwargs))
     return out
 
 
@@ -198,7 +199,8 @@ def _text(res) -> str:
         lines.append(f"  activity Hessian at t={'0' if res.hessian_at == 'init' else 'T'} "
                      f"({s.method}, n = {s.n}{f', {s.matvecs} products' if s.matvecs else ''}): "
                      f"λ_min {_fmt(s.lambda_min)}, λ_max {_fmt(s.lambda_max)}, cond "
-                     f"{_fmt(s.cond)}{'' if s.converged else ' (not converged)'}")
+                     f"{_fmt(s.cond)}{'' if s.residual is None else f', residual {s.residual:.2g}'}"
+                     f"{'' if s.converged else ' (not converged)'}")
     if res.alignment is not None:
         a = res.alignment
         per = ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in a.per_term.items())

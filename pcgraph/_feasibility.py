@@ -25,7 +25,7 @@ from typing import Mapping
 
 from ._diagnostics import Diagnostic, PcgError, option_span
 from ._graph import Edge, QueryGraph, cycle_text, is_dag, ordered
-from ._graph import analyse as analyse  # re-exported: the front end asks this module
+from ._graph import graph_report as graph_report  # re-exported: the front end asks this module
 from ._graph import energy_graph as energy_graph
 from ._graph import name_list as name_list
 from ._ir import NO_SPAN, ModelIR, QueryIR, Span

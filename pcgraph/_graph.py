@@ -128,7 +128,8 @@ def longest_path(G: nx.DiGraph) -> int | None:
     return nx.dag_longest_path_length(G) if nx.is_directed_acyclic_graph(G) else None
 
 
-def analyse(model: ModelIR) -> GraphReport:
+def graph_report(model: ModelIR) -> GraphReport:
+    """Topology facts of the energy graph: DAG or not, cycles, roots, leaves, longest path."""
     G = energy_graph(model)
     L = longest_path(G)
     return GraphReport(

@@ -12,13 +12,16 @@ F is quadratic in ``x``: ``F = ½ xᵀ A x − bᵀ x + c`` with ``A = ∇²F``,
 
 from __future__ import annotations
 
+import math
+from typing import Mapping
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._energy import energy, set_leaves
-from ._infer import merge_free
+from ._infer import clamp_data, merge_free
 from ._network import Network
 from ._plan import Acts
 from ._query import QueryPlan, compile_query
@@ -26,6 +29,22 @@ from ._query import QueryPlan, compile_query
 
 def as_query(net: Network, query) -> QueryPlan:
     return query if isinstance(query, QueryPlan) else compile_query(net, query)
+
+
+def batch_acts(net: Network, query, batch) -> Acts:
+    """``Acts`` from a ``{node: array}`` batch (clamped nodes set, zeros elsewhere) or as given."""
+    if isinstance(batch, Mapping):
+        return clamp_data(net, as_query(net, query), batch)
+    return tuple(batch)
+
+
+def batch_size(h: Acts) -> int:
+    return int(h[0].shape[1])
+
+
+def finite_or_none(x):
+    """``x`` as a float, or ``None`` when it is missing or not finite (for JSON)."""
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def free_vector(net: Network, query, h: Acts):

@@ -19,6 +19,8 @@ around its numbers; the numbers must agree within the tolerance — accuracies (
 (``s``, ``ms/step``) are not compared, and a doc shows one it did not measure as ``? s``. A
 ``--json`` command's shown ``"key": value`` pairs must be found in the printed JSON.
 
+``PCGRAPH_DOCRUN_LOG=FILE`` appends every item's label and full output to FILE.
+
 Regenerating the figures (the docs' numbers come from these runs)::
 
     python tests/_docrun.py docs/tutorials/feedforward.md [--slow]     # rewrite the shown output
@@ -277,6 +279,9 @@ def execute(doc: Doc, workdir: Path, *, slow: bool, update: bool = False) -> lis
             except Exception as e:  # noqa: BLE001 - reported as the doc's problem
                 problems.append(f"{item.label}: {type(e).__name__}: {e}")
                 continue
+        if os.environ.get("PCGRAPH_DOCRUN_LOG"):  # every item's output, for reading the figures
+            with open(os.environ["PCGRAPH_DOCRUN_LOG"], "a") as log:
+                log.write(f"### {item.label}\n" + "\n".join(actual) + "\n")
         if update:
             raw = doc.text[item.span[0]:item.span[1]].splitlines()
             item._raw = raw  # type: ignore[attr-defined]

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import _build as b
-from pcgraph._analysis import (
+import pcgraph
+from pcgraph import (
     SingularSystemWarning,
-    analyse_query,
+    analyse,
     chain_equilibrated_energy,
     equilibrated_energy,
     equilibrium,
@@ -56,6 +57,7 @@ def test_lanczos_extremes_equal_dense_hessian(x64, kind):
     dense = hessian_spectrum(net, q, h, method="dense")
     lanczos = hessian_spectrum(net, q, h, method="lanczos", tol=1e-10)
     assert lanczos.method == "lanczos" and lanczos.matvecs > 0 and lanczos.converged
+    assert lanczos.residual < 1e-6 and dense.residual is None
     assert dense.lambda_min == pytest.approx(lam[0], abs=1e-10)
     assert lanczos.lambda_min == pytest.approx(lam[0], abs=1e-4)
     assert lanczos.lambda_max == pytest.approx(lam[-1], abs=1e-4)
@@ -65,6 +67,40 @@ def test_lanczos_extremes_equal_dense_hessian(x64, kind):
         assert lanczos.cond == math.inf and lanczos.lambda_min < 0
     batch_scale = hessian_spectrum(net, q, h, method="lanczos", tol=1e-10, scale="batch")
     assert batch_scale.lambda_max == pytest.approx(lam[-1] / B, rel=1e-6)
+
+
+def test_lanczos_lambda_min_of_an_ill_conditioned_chain_within_a_product_budget(x64):
+    """A deep linear chain near the identity: its Hessian is a discrete Laplacian whose λ_min sits
+    in a cluster near 0 (cond in the hundreds); the shifted Lanczos finds it to 1e-4 of the
+    spectrum's width, with a small residual, in far fewer products than the dimension."""
+    depth, width = 24, 8
+    net = build(b.mlp([width] * (depth + 1), act="identity"), seed=0)
+    q = compile_query(net, "train")
+    _, h = _batch(net, q, seed=1, B=2)
+    lam = np.linalg.eigvalsh(np.asarray(activity_hessian(net, q, h))) * 2
+    assert lam[-1] / lam[0] > 50
+    s = hessian_spectrum(net, q, h, method="lanczos", tol=1e-8, ncv=40)
+    assert s.converged and s.matvecs < s.n
+    assert s.lambda_min == pytest.approx(lam[0], abs=1e-4 * (lam[-1] - lam[0]))
+    assert s.residual < 1e-3 * lam[-1]
+
+
+def test_analyse_is_the_one_name_and_the_old_names_still_work(x64):
+    """``pcgraph.analyse`` is what ``pcgraph analyse`` prints (one query); the old names warn."""
+    net = build(b.mlp([4, 6, 3], act="tanh"), seed=0)
+    q = compile_query(net, "train")
+    data, _ = _batch(net, q)
+    r = pcgraph.analyse(net, "train", data, steps=3, spectrum=False)
+    assert r.query == "train" and r.steps == 3
+    with pytest.warns(DeprecationWarning, match="now pcgraph.analyse"):
+        old = pcgraph.analyse_query(net, "train", data, steps=3, spectrum=False)
+    assert old.energy_end == r.energy_end
+    model = b.mlp([4, 6, 3])
+    with pytest.warns(DeprecationWarning, match="graph_report"):
+        assert pcgraph.analyse(model) == pcgraph.graph_report(model)
+    assert pcgraph.graph_report(model).longest_path == 2
+    with pytest.raises(TypeError, match="query"):
+        pcgraph.analyse(net)
 
 
 def _closed_form_by_hand(net, q, data):
@@ -150,7 +186,7 @@ def test_alignment_at_forward_init_and_near_the_target(x64):
     # T = 0 from the forward pass: only the output error is non-zero, so PC's last-layer gradient
     # is BP's and the earlier layers get nothing
     data = {"x": x, "y": yhat + rng.standard_normal(yhat.shape)}
-    r0 = analyse_query(net, q, data, steps=0, init=Initialisation("forward"), spectrum=False)
+    r0 = analyse(net, q, data, steps=0, init=Initialisation("forward"), spectrum=False)
     assert r0.alignment.per_term["h2->y"] == pytest.approx(1.0, abs=1e-12)
     assert math.isnan(r0.alignment.per_term["x->h1"])
     assert r0.total_init == pytest.approx(r0.energy_init["y"])

@@ -6,7 +6,7 @@ import pytest
 
 from pcgraph._diagnostics import PcgError
 from pcgraph._feasibility import (
-    analyse,
+    graph_report,
     forward_order,
     init_plan,
     query_feasibility,
@@ -73,17 +73,17 @@ def test_cycle_through_a_clamped_node_is_cut_by_the_clamp():
 
 
 def test_analyse_report():
-    r = analyse(model(MLP))
+    r = graph_report(model(MLP))
     assert r.is_dag and r.cycles == () and r.roots == ("x",) and r.leaves == ("y",)
     assert r.longest_path == 3
-    r = analyse(model(LOOP))
+    r = graph_report(model(LOOP))
     assert not r.is_dag and r.longest_path is None
     assert r.cycles == ((("a", "b"), ("b", "a")),)
     assert r.roots == ("img",) and r.leaves == ("label",)
 
 
 def test_analyse_two_cycles_and_self_loop_never_raise():
-    r = analyse(model([("a", "b"), ("b", "a"), ("c", "d"), ("d", "e"), ("e", "c"), ("f", "f")]))
+    r = graph_report(model([("a", "b"), ("b", "a"), ("c", "d"), ("d", "e"), ("e", "c"), ("f", "f")]))
     assert len(r.cycles) == 3
     assert r.cycles[0] == (("a", "b"), ("b", "a"))
     assert r.cycles[1] == (("c", "d"), ("d", "e"), ("e", "c"))
@@ -92,7 +92,7 @@ def test_analyse_two_cycles_and_self_loop_never_raise():
 
 def test_undeclared_names_are_ignored_not_fatal():
     m = model([("x", "h"), ("h", "ghost")], nodes=["x", "h"], queries=[("q", ["x", "nope"])])
-    assert analyse(m).leaves == ("h",)
+    assert graph_report(m).leaves == ("h",)
     assert query_feasibility(m, "q").feasible
     assert init_plan(m, "q") == {"h": "forward", "x": "clamped"}
 
@@ -192,7 +192,7 @@ def test_results_independent_of_declaration_order():
         rng.shuffle(e2)
         rng.shuffle(n2)
         m = model(e2, nodes=n2, queries=qs, amortised=[("x", "z")])
-        assert analyse(m) == analyse(ref)
+        assert graph_report(m) == graph_report(ref)
         for q in ("train", "gen"):
             assert query_feasibility(m, q) == query_feasibility(ref, q)
             assert list(init_plan(m, q).items()) == list(init_plan(ref, q).items())
