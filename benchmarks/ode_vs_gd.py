@@ -12,7 +12,10 @@ initialisation, default (untrained) weights.
    from a long GD run (``--ref-steps``). Recorded: steps and gradient evaluations until
    gap ≤ 1e-1 / 1e-2 (from the per-step energies over a fixed horizon), and — with the
    steady-state stop ‖∇F‖ < ss_atol + ss_rtol·‖h‖ (GD: ``tol`` set to the same threshold at the
-   start) — the steps taken, the wall time of the compiled solve (one timed run after the compiling one; capped at 3× the horizon) and the gap reached.
+   start) — the steps taken, the wall time of the compiled solve (compiled ahead of time, one
+   timed run; capped at 3× the horizon) and the gap reached. "euler 2dt" is the step-size
+   control for "heun 2dt": the table's paired contrasts (per seed, mean ± sd and the 95 % CI
+   of the mean difference) separate the solver's effect from the step size's.
 2. ``train``: the MLP trained for ``--train-batches`` batches (T = 5 steps of dt = 0.1, weights
    AdamW as in the model) with each solver; training accuracy on 2,000 training images against
    wall time.
@@ -32,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import (ROOT, D, append_jsonl, int_list, machine, make_eval_step, make_train_step,
-                     mean_sd, read_jsonl, save_figure)
+from _common import (ROOT, D, append_jsonl, ci95, int_list, machine, make_eval_step,
+                     make_train_step, mean_sd, read_jsonl, save_figure)
 
 from pcgraph import (GradientDescent, GradientFlow, build, compile_query, energy, infer, load)
 from pcgraph._energy import forward_acts, topological_order
@@ -58,8 +61,10 @@ def flow(solver, dt, steps, *, adaptive=False, rtol=1e-3, atol=1e-5, **kw):
 
 # (label, solver, dt multiple of lr, adaptive)
 CONFIGS = (("gd", "gd", 1, False), ("euler", "euler", 1, False), ("heun", "heun", 1, False),
-           ("heun 2dt", "heun", 2, False), ("tsit5", "tsit5", 1, False),
-           ("tsit5 adaptive", "tsit5", 1, True))
+           ("euler 2dt", "euler", 2, False), ("heun 2dt", "heun", 2, False),
+           ("tsit5", "tsit5", 1, False), ("tsit5 adaptive", "tsit5", 1, True))
+#: paired contrasts over seeds (A, B): "the solver at the same step" vs "the step size itself"
+CONTRASTS = (("heun 2dt", "euler 2dt"), ("euler 2dt", "euler"), ("heun 2dt", "euler"))
 EVALS = {"gd": 1, "euler": 1, "heun": 2, "tsit5": 6}  # gradient evaluations a step (Tsit5: FSAL)
 TOLS = (1e-1, 1e-2)
 
@@ -76,7 +81,7 @@ def _first(gap, tol):
     return int(idx[0]) if len(idx) else None
 
 
-def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol):
+def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol, configs=None):
     m, B, lr = model(name, width)
     if name == "resnet":  # lr is 13x smaller: the same horizon in time needs more steps
         horizon, ref_steps = 4 * horizon, 4 * ref_steps
@@ -94,6 +99,8 @@ def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol):
     thresh = ss_atol + ss_rtol * float(_norm(tuple(h0[g] for g in q.free_groups)))
     out = []
     for label, solver, mult, adaptive in CONFIGS:
+        if configs and label not in configs:
+            continue
         dt = lr * mult
         n = max(1, horizon // mult)
         if solver == "gd":
@@ -109,14 +116,11 @@ def relax_records(name, width, seed, ds, horizon, ref_steps, ss_rtol, ss_atol):
                 net, q, h0_, flow(solver, dt, 3 * horizon, adaptive=adaptive, ss_rtol=ss_rtol,
                                   ss_atol=ss_atol, max_steps=3 * horizon)))
         gap = (Fs - F_ref) / (F0 - F_ref)
+        run = run.lower(h0).compile()  # compiled ahead: the one timed run is the only run
+        t0 = time.perf_counter()
         res = run(h0)
         jax.block_until_ready(res.h)
-        times = []
-        for _ in range(1):
-            t0 = time.perf_counter()
-            res = run(h0)
-            jax.block_until_ready(res.h)
-            times.append(time.perf_counter() - t0)
+        times = [time.perf_counter() - t0]
         steps_ss = int(res.steps)
         F_ss = float(energy(net, res.h, q))
         r = {"experiment": "relax", "model": name, "width": width if name == "resnet" else 512,
@@ -176,6 +180,59 @@ def _fmt(v, spec=".0f"):
     return "-" if v is None else format(v, spec)
 
 
+def _mean_sd_or_dash(v, digits):
+    return "-" if any(x is None for x in v) else mean_sd(v, digits)
+
+
+def _budget(rs) -> int:
+    """The equal-work budget of a model's table: GD's horizon in gradient evaluations."""
+    return min(len(r["gap_curve"]) - 1 for r in rs if r["solver"] == "gd")
+
+
+def _gap_at(r, evals: int):
+    """The energy gap after ``evals`` gradient evaluations (None past the recorded curve: an
+    adaptive solve that reached the end time sooner has no value there)."""
+    i = evals // r["evals_per_step"]
+    return r["gap_curve"][i] if i < len(r["gap_curve"]) else None
+
+
+def _paired(rs, a, b, key):
+    """Per-seed differences ``a − b`` of ``key`` over the seeds both have (None: missing)."""
+    E = _budget(rs)
+    by = {(r["solver"], r["seed"]): _gap_at(r, E) if key == "gap_at_budget" else r.get(key)
+          for r in rs}
+    seeds = sorted({r["seed"] for r in rs if r["solver"] == a} & {r["seed"] for r in rs
+                                                                  if r["solver"] == b})
+    d = [by[a, s] - by[b, s] for s in seeds if by[a, s] is not None and by[b, s] is not None]
+    return d if len(d) == len(seeds) and d else None
+
+
+def _contrasts(rs) -> list[str]:
+    """Paired differences between configurations, per seed: mean ± sd [95 % CI of the mean]."""
+    keys = (("evals_to_0.1", "grad evals to 1e-1", 1),
+            ("gap_at_budget", f"gap after {_budget(rs)} evals", 4),
+            ("ss_evals", "steady-state evals", 1), ("ss_gap", "gap reached", 4))
+    rows = []
+    for a, b in CONTRASTS:
+        cells = []
+        for key, _, digits in keys:
+            d = _paired(rs, a, b, key)
+            if d is None:
+                cells.append("-")
+                continue
+            h = ci95(d)
+            m = float(np.mean(d))
+            cells.append(mean_sd(d, digits) + ("" if not np.isfinite(h) else
+                                               f" [{m - h:.{digits}f}, {m + h:.{digits}f}]"))
+        n = len({r["seed"] for r in rs if r["solver"] in (a, b)})
+        rows.append(f"| {a} − {b} | {n} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return (["Paired differences (per seed: A − B; mean ± sd [95 % CI of the mean, Student's t]):",
+             "", "| A − B | seeds | " + " | ".join(k[1] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)] + rows + [""])
+
+
 def table(records) -> str:
     lines = []
     for name in ("mlp", "resnet"):
@@ -188,8 +245,9 @@ def table(records) -> str:
         lines += [f"**{title}** (mean ± sd over {len({r['seed'] for r in rs})} seeds; a dash: not "
                   "reached within the horizon in some seed)", "",
                   "| solver | dt | steps to 1e-1 | grad evals to 1e-1 | steps to 1e-2 | "
-                  "grad evals to 1e-2 | steady-state stop: steps | evals | wall ms | gap reached |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"grad evals to 1e-2 | gap after {_budget(rs)} evals | steady-state stop: "
+                  "steps | evals | wall ms | gap reached |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for label, *_ in CONFIGS:
             g = [r for r in rs if r["solver"] == label]
             if not g:
@@ -202,10 +260,13 @@ def table(records) -> str:
             lines.append(
                 f"| {label} | {g[0]['dt']:g}{' (PID)' if g[0]['adaptive'] else ''} | "
                 f"{col('steps_to_0.1')} | {col('evals_to_0.1')} | {col('steps_to_0.01')} | "
-                f"{col('evals_to_0.01')} | {col('ss_steps')} | {col('ss_evals')} | "
+                f"{col('evals_to_0.01')} | "
+                f"{_mean_sd_or_dash([_gap_at(r, _budget(rs)) for r in g], 4)} | "
+                f"{col('ss_steps')} | {col('ss_evals')} | "
                 f"{mean_sd([1e3 * r['ss_wall_s'] for r in g], 1)} | "
                 f"{mean_sd([r['ss_gap'] for r in g], 3)} |")
         lines.append("")
+        lines += _contrasts(rs)
     tr = [r for r in records if r["experiment"] == "train"]
     if tr:
         lines += [f"**Training the MLP** ({tr[0]['batches']} batches of 200, T = 5; mean ± sd over "
@@ -257,6 +318,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--experiments", default="relax,train")
     p.add_argument("--models", default="mlp,resnet")
+    p.add_argument("--configs", default="", help="comma-separated solver labels to run "
+                   "(default all), e.g. 'euler 2dt' to add a control to earlier seeds")
     p.add_argument("--resnet-width", type=int, default=128)
     p.add_argument("--seeds", type=int_list, default=[0, 1, 2])
     p.add_argument("--horizon", type=int, default=40, help="steps of dt = lr recorded")
@@ -281,7 +344,8 @@ def main():
         if "relax" in args.experiments:
             for name in args.models.split(","):
                 for r in relax_records(name, args.resnet_width, s, ds, args.horizon,
-                                       args.ref_steps, args.ss_rtol, args.ss_atol):
+                                       args.ref_steps, args.ss_rtol, args.ss_atol,
+                                       [c for c in args.configs.split(",") if c]):
                     append_jsonl(args.out, {**r, **env})
         if "train" in args.experiments:
             for r in train_records(s, ds, args.train_batches, args.eval_every):

@@ -100,7 +100,8 @@ def analyse(net: Network, query=None, batch: Mapping[str, Any] | Acts | None = N
             inference: Inference | None = None, steps: int | None = None,
             init: Initialisation | None = None, key=None, spectrum: bool = True,
             hessian_at: str = "end", method: str = "auto", tol: float = 1e-6,
-            maxiter: int | None = None, alignment: bool = True) -> QueryAnalysis:
+            maxiter: int | None = None, ncv: int | None = None,
+            alignment: bool = True) -> QueryAnalysis:
     """Analyse ``query`` on ``batch`` (``{node: array}`` for the clamped nodes): one query of what
     ``pcgraph analyse FILE`` prints.
 
@@ -140,10 +141,11 @@ def analyse(net: Network, query=None, batch: Mapping[str, Any] | Acts | None = N
     spec = None
     if spectrum and q.free_groups:
         spec = hessian_spectrum(net, q, h0 if hessian_at == "init" else hT, method=method,
-                                tol=tol, maxiter=maxiter)
+                                tol=tol, maxiter=maxiter, ncv=ncv)
         if not spec.converged:
-            warns.append(f"Lanczos did not converge in {spec.matvecs} products; the extremes are "
-                         "estimates")
+            warns.append(f"Lanczos did not converge in {spec.matvecs} products (residual of "
+                         f"λ_min {spec.residual:.2g}); λ_min is an upper bound, cond a lower "
+                         "bound (raise --maxiter or --tol)")
     elif not q.free_groups:
         notes.append("no inference variables: no activity Hessian")
     align = None

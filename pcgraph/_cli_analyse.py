@@ -63,6 +63,7 @@ def configure_analyse(p: argparse.ArgumentParser) -> None:
                    help="eigenvalues: dense up to 1024 inference variables (auto), or Lanczos")
     p.add_argument("--tol", type=float, default=1e-6, help="Lanczos relative tolerance (1e-6)")
     p.add_argument("--maxiter", type=int, metavar="N", help="Lanczos restart cap (300)")
+    p.add_argument("--ncv", type=int, metavar="N", help="Lanczos basis size (128)")
     p.add_argument("--no-spectrum", action="store_true", help="skip the Hessian spectrum")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.add_argument("-o", "--output", metavar="PNG", help="draw the per-node energies")
@@ -274,7 +275,7 @@ def _analyse(args: argparse.Namespace) -> int:
         clamped = sorted({n for q in queries for n in compile_query(net, q).clamp})
         batch, data_name = _random_batch(net, clamped, args.batch_size, args.seed), None
     kw = dict(steps=args.steps, spectrum=not args.no_spectrum, hessian_at=args.hessian_at,
-              method=args.method, tol=args.tol, maxiter=args.maxiter)
+              method=args.method, tol=args.tol, maxiter=args.maxiter, ncv=args.ncv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

@@ -280,6 +280,17 @@ def test_cli_analyse_json_fields_and_figure(tmp_path):
     assert code == 0 and "query train" in out and "query test" not in out
 
 
+def test_cli_analyse_says_when_lanczos_stopped_at_its_cap(tmp_path):
+    f = tmp_path / "tiny.pcg"
+    f.write_text(MLP)
+    code, out, err = _cli(str(f), "--query", "train", "--method", "lanczos", "--maxiter", "1",
+                          "--ncv", "3", "--tol", "1e-14", "--json")
+    assert code == 0, err
+    spec = json.loads(out)["queries"][0]["hessian"]
+    assert spec["converged"] is False and spec["residual"] > 0 and spec["matvecs"] > 0
+    assert "did not converge" in err and "upper bound" in err and "residual" in err
+
+
 def test_cli_analyse_singular_linear_graph_warns(tmp_path):
     f = tmp_path / "gen.pcg"
     f.write_text(SINGULAR)
