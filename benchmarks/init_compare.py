@@ -1,22 +1,31 @@
-"""Seed 004, Table 1 / Fig. 2 on Fashion-MNIST: BP vs PC with each initialisation.
+"""Seed 004, Table 1 / Fig. 3 on Fashion-MNIST: BP vs PC with each initialisation, selected on
+validation.
 
 A 5-layer MLP (784 → 512 ×4 → 10, gelu on the target, categorical output), batch 200, AdamW on the
-weights, plain SGD on the activities. Configurations:
+weights (weight decay 1e-4), plain SGD on the activities. Methods:
 
-* ``bp``                              — backprop on the same DAG
-* ``forward``, ``avg`` at T ∈ --t-fast (default 3, 5, 7)  — avg is the hybrid of eq. 10 (forward for
-  the first m = ⌊L/2⌋+1 layers, class means for the rest; ``--avg-m``) trained on stream-aligned
-  (class-balanced) batches; tested with forward (seed 004's protocol)
-* ``zero``, ``random``, ``null`` at T ∈ --t-slow (default 5, 10, 25)
+* ``bp``                                  — backprop on the same DAG; grid: ``--bp-weight-lrs``
+* ``forward``, ``avg`` (T ∈ ``--t-fast``) — avg is the hybrid of eq. 10 (forward for the first
+  m = ⌊L/2⌋+1 layers, class means for the rest) on class-balanced batches, tested with forward
+* ``zero``, ``random``, ``null`` (T ∈ ``--t-slow``)
 
-for every training-data fraction in --fractions and seed in --seeds. Each run appends one JSON line
-(test accuracy per epoch, wall time, SMM per update) to --out; --table prints the markdown table
-of the best test accuracy per configuration from that file.
+PC grid: ``--pc-weight-lrs`` × ``--activity-lrs`` × T. Both grids are printed with the table; give
+them the same size (a warning otherwise).
 
-Full protocol (seed 004): --epochs 16 --fractions 0.25,0.5,1 --seeds 0,1,2 (hours on a CPU). A
-reduced run: --epochs 2 --fractions 0.1 --seeds 0. Settings that met seed 004's targets here
-(docs/results.md, 3 seeds, --weight-lr 5e-4): avg T = 5 with --activity-lr 0.03, forward T = 5 with
---activity-lr 0.05; at 0.1, PC runs with T >= 5 became unstable late in training.
+Data: Fashion-MNIST, 10 % of the training set held out for validation (class-stratified, split
+seed 0, the same for every run), ``--fraction`` of the rest kept (stratified, per seed), the full
+10k test set. After every epoch the run records validation and test accuracy (forward pass, label
+never clamped), training time and cumulative SMMs.
+
+``--phase grid``: every setting of every method with seed ``--grid-seed``. ``--phase seeds``: per
+method, the setting whose validation accuracy (at its best-validation epoch) is highest among the
+grid runs, repeated with every seed of ``--seeds`` not yet recorded. The epoch of each run is chosen
+on validation; test is reported at that epoch and at the last one. Records append to
+``benchmarks/results/init_compare.jsonl``; ``python benchmarks/report.py`` writes the tables into
+docs/results.md; ``--table`` prints them.
+
+Protocol of seed 004: ``--epochs 16 --fraction 1``. The run in docs/results.md is reduced (see
+there for the exact commands).
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ import jax
 import numpy as np
 
 import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
-from _common import (D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
-                     load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
-                     print_table_only, read_jsonl, str_list)
+from _common import (ROOT, D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
+                     load_model, machine, make_eval_step, make_train_step, optax, read_jsonl,
+                     str_list)
+from _evidence import by_seed, chosen, fmt_setting, key_of, mean_sd, paired, select, verdict
 
 MODEL = """
 model mlp_fmnist {{
@@ -45,165 +55,236 @@ model mlp_fmnist {{
   query test  {{ clamp x; read y }}
 }}
 """
+NAMES = {"bp": "BP", "forward": "PC-forward", "avg": "PC-avg", "zero": "PC-zero",
+         "random": "PC-random", "null": "PC-null"}
+ORDER = list(NAMES)
 
 
-def configs(args):
-    out = []
-    if "bp" in args.methods:
-        out.append(("bp", None))
-    for m in ("forward", "avg"):
-        if m in args.methods:
-            out += [(m, t) for t in args.t_fast]
-    for m in ("zero", "random", "null"):
-        if m in args.methods:
-            out += [(m, t) for t in args.t_slow]
-    return out
+def grid(args, method: str) -> list[dict]:
+    """The settings of ``method`` this run tries."""
+    if method == "bp":
+        return [{"weight_lr": w} for w in args.bp_weight_lrs]
+    ts = args.t_fast if method in ("forward", "avg") else args.t_slow
+    return [{"weight_lr": w, "activity_lr": a, "T": t}
+            for t in ts for w in args.pc_weight_lrs for a in args.activity_lrs]
 
 
-def run_one(args, ds, method: str, T: int | None, fraction: float, seed: int) -> dict:
-    model = load_model(MODEL.format(width=args.width, alr=args.activity_lr, act=args.act))
-    net = build(model, seed=seed)
+def load_splits(fraction: float, seed: int):
+    """(ds, x_train, y_train): the validation split is fixed (split seed 0); the kept training
+    fraction depends on ``seed``."""
+    ds = D.load("fashion-mnist", val_fraction=0.1, seed=0)
     x, y = ds.x_train, ds.y_train
     if fraction < 1:
         idx = D.stratified_indices(y, fraction, np.random.default_rng([seed, 2]))
         x, y = x[idx], y[idx]
-    wopt = optax.adamw(args.weight_lr, weight_decay=args.weight_decay)
+    return ds, x, y
+
+
+def run_one(args, method: str, setting: dict, seed: int, phase: str) -> dict:
+    ds, x, y = load_splits(args.fraction, seed)
+    T, alr = setting.get("T"), setting.get("activity_lr", 0.1)
+    model = load_model(MODEL.format(width=args.width, alr=alr, act=args.act))
+    net = build(model, seed=seed)
+    wopt = optax.adamw(setting["weight_lr"], weight_decay=args.weight_decay)
     if method == "bp":
         step = make_train_step(net, "train", method="bp", weight_optimizer=wopt)
     else:
         opts = {"avg_hybrid": True, "avg_m": args.avg_m} if method == "avg" else {}
         if method == "random":
             opts = {"random_mean": 0.0, "random_std": args.random_std}
-        cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=args.activity_lr,
-                                     init=method, init_options=opts)
+        cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=alr, init=method,
+                                     init_options=opts)
         step = make_train_step(net, "train", method="pc", weight_optimizer=wopt,
                                inference=cfg.inference, init=cfg.init)
     evaluate = make_eval_step(net, "test")  # forward (the equilibrium of the test query)
-    opt_state = step.init(net, batch_size=args.batch)
-    balanced = method == "avg" or args.balanced_all
-    accs, times, curve = [], [], []
-    diverged = None  # first epoch that ends with non-finite weights (then the test output is NaN)
+    state = step.init(net, batch_size=args.batch)
+    balanced = method == "avg"
+    smm = step.smm["smm_per_update"]
     key = jax.random.PRNGKey(seed)
-    n_steps = 0
+    points, n_steps, train_s = [], 0, 0.0
     for epoch in range(args.epochs):
         with Timer() as t:
             it = (D.class_balanced_batches(x, y, args.batch, 10, seed=seed, epoch=epoch)
                   if balanced else D.batches(x, y, args.batch, seed=seed, epoch=epoch))
-            for bi, (xb, yb) in enumerate(it):
-                if args.max_batches and bi >= args.max_batches:
-                    break
-                batch = {"x": xb, "y": ds.one_hot(yb)}
-                net, opt_state, met = step(net, opt_state, batch,
-                                           jax.random.fold_in(key, n_steps))
+            for xb, yb in it:
+                net, state, _ = step(net, state, {"x": xb, "y": ds.one_hot(yb)},
+                                     jax.random.fold_in(key, n_steps))
                 n_steps += 1
-                if args.eval_every and n_steps % args.eval_every == 0:
-                    t.pause()
-                    curve.append((n_steps, accuracy(evaluate, net, ds.x_test, ds.y_test,
-                                                    inp="x", out="y", batch_size=1000)))
-                    t.resume()
             jax.block_until_ready(net)
-        times.append(t.s)
-        if diverged is None and not finite(net):
-            diverged = epoch + 1
-        accs.append(accuracy(evaluate, net, ds.x_test, ds.y_test, inp="x", out="y",
-                             batch_size=1000))
-        if not curve or curve[-1][0] != n_steps:
-            curve.append((n_steps, accs[-1]))
-        print(f"  {method:8s} T={T} frac={fraction} seed={seed} epoch {epoch + 1}: "
-              f"test {accs[-1]:.2f}%  ({t.s:.1f} s)"
-              f"{'  (weights non-finite since epoch %d)' % diverged if diverged else ''}", flush=True)
-    smm = step.smm["smm_per_update"]
-    return {"method": method, "T": T, "fraction": fraction, "seed": seed, "epochs": args.epochs,
-            "test_acc": accs, "best": max(accs), "diverged_epoch": diverged, "curve": curve, "train_s": times, "steps": n_steps,
-            "smm_per_update": smm, "width": args.width, "batch": args.batch, "act": args.act,
-            "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
-            "avg_m": args.avg_m, "max_batches": args.max_batches, "machine": machine()}
+        train_s += t.s
+        ok = finite(net)
+        acc = (lambda xs, ys: accuracy(evaluate, net, xs, ys, inp="x", out="y", batch_size=1000)
+               if ok else float("nan"))
+        points.append({"epoch": epoch + 1, "val": acc(ds.x_val, ds.y_val),
+                       "test": acc(ds.x_test, ds.y_test), "train_s": t.s,
+                       "smm": n_steps * smm, "steps": n_steps, "finite": ok})
+        print(f"  {method:8s} {fmt_setting(setting)} seed={seed} epoch {epoch + 1}: "
+              f"val {points[-1]['val']:.2f}% test {points[-1]['test']:.2f}% ({t.s:.1f} s)",
+              flush=True)
+        if not ok:
+            break
+    return {"bench": "init_compare", "phase": phase, "method": method, "setting": setting,
+            "seed": seed, "fraction": args.fraction, "n_train": len(x), "n_val": len(ds.x_val),
+            "n_test": len(ds.x_test), "epochs_budget": args.epochs, "batch": args.batch,
+            "width": args.width, "act": args.act, "weight_decay": args.weight_decay,
+            "avg_m": args.avg_m, "smm_per_update": smm, "epochs": points,
+            "train_s": train_s, "machine": machine(), "command": " ".join(sys.argv)}
 
 
-def table(records: list[dict]) -> str:
-    rows = {}
-    for r in records:
-        k = (r["method"], r["T"], r["fraction"], None if r["method"] == "bp" else r["activity_lr"])
-        rows.setdefault(k, []).append(r)
-    lines = ["| method | T | α | data fraction | test acc. (best epoch, mean ± sd over seeds) | seeds | "
-             "epochs | SMM/update | train s/epoch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    order = {"bp": 0, "forward": 1, "avg": 2, "null": 3, "zero": 4, "random": 5}
-    for k in sorted(rows, key=lambda k: (k[2], order.get(k[0], 9), k[1] or 0, -(k[3] or 0))):
-        rs = rows[k]
-        acc = mean_sd([r["best"] for r in rs])
-        ts = np.mean([np.mean(r["train_s"]) for r in rs])
-        div = [r["diverged_epoch"] for r in rs if r.get("diverged_epoch")]
-        acc += f" (weights NaN/inf from epoch {', '.join(map(str, div))})" if div else ""
-        lines.append(f"| {k[0]} | {k[1] if k[1] is not None else '–'} | {k[3] or '–'} | {k[2]} | "
-                     f"{acc} | "
-                     f"{len(rs)} | {rs[0]['epochs']} | {rs[0]['smm_per_update']} | {ts:.1f} |")
-    return "\n".join(lines) + "\n\n" + smm_table(records)
+# ------------------------------------------------------------------------------ tables
+def epoch_s(run: dict) -> float:
+    """Training seconds per epoch, the first epoch (compilation) left out where there are more."""
+    ts = [p["train_s"] for p in run["epochs"]]
+    return float(np.mean(ts[1:] if len(ts) > 1 else ts))
 
 
-def smm_table(records: list[dict]) -> str:
-    """Per data fraction: the fewest SMMs (updates × SMM/update, first evaluation point at or above
-    the target) each configuration needs to reach PC-forward's best accuracy (seed 004 Fig. 3)."""
-    out = []
-    for frac in sorted({r["fraction"] for r in records}):
-        rs = [r for r in records if r["fraction"] == frac]
-        fw = [max(a for _, a in r.get("curve") or [(0, r["best"])]) for r in rs
-              if r["method"] == "forward"]
-        if not fw:
-            continue
-        target = max(fw)
-        out += [f"SMMs to reach PC-forward's best test accuracy ({target:.2f} %), data fraction "
-                f"{frac} (seed {rs[0]['seed']}):", "",
-                "| method | T | α | SMM/update | updates | SMMs to target |",
-                "| --- | --- | --- | --- | --- | --- |"]
-        for r in sorted(rs, key=lambda r: (r["method"], r["T"] or 0, -r["activity_lr"])):
-            hit = next((n for n, a in (r.get("curve") or []) if a >= target - 1e-9), None)
-            alpha = "–" if r["method"] == "bp" else r["activity_lr"]
-            out.append(f"| {r['method']} | {r['T'] if r['T'] is not None else '–'} | {alpha} | "
-                       f"{r['smm_per_update']} | {hit if hit is not None else 'not reached'} | "
-                       f"{hit * r['smm_per_update'] if hit is not None else '–'} |")
-        out.append("")
+def _cell(values, digits=2):
+    return mean_sd(values, digits)
+
+
+def grid_table(records: list[dict]) -> str:
+    """Every grid run: the setting, its validation-chosen epoch and accuracies."""
+    rs = [r for r in records if r["phase"] == "grid"]
+    methods = [m for m in ORDER if any(r["method"] == m for r in rs)]
+    sizes = ", ".join(f"{NAMES[m]} {len({key_of(r['setting']) for r in rs if r['method'] == m})}"
+                      for m in methods)
+    lines = [f"Grid (seed {rs[0]['seed'] if rs else '–'}; settings per method: {sizes}); "
+             "**selected** = best validation accuracy of the method:", "",
+             "| method | setting | val % (chosen epoch) | test % at it | test % last epoch |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for m in methods:
+        ms = [r for r in rs if r["method"] == m]
+        best = key_of(select(ms)[0])
+        for r in sorted(ms, key=lambda r: key_of(r["setting"])):
+            c = chosen(r)
+            b = "**" if key_of(r["setting"]) == best else ""
+            lines.append(f"| {NAMES[m]} | {b}{fmt_setting(r['setting'])}{b} | {c['val']:.2f} "
+                         f"({c['epoch']:g}) | {c['test']:.2f} | {c['last']['test']:.2f} |")
+    return "\n".join(lines)
+
+
+def selected_runs(records: list[dict]) -> dict[str, dict[int, dict]]:
+    """Per method: the seeds' runs of the setting selected on the grid."""
+    out = {}
+    for m in ORDER:
+        g = [r for r in records if r["method"] == m and r["phase"] == "grid"]
+        if g:
+            out[m] = by_seed([r for r in records if r["method"] == m], select(g)[0])
+    return out
+
+
+def seeds_table(records: list[dict]) -> str:
+    sel = selected_runs(records)
+    lines = ["| method | selected setting | seeds | val % (chosen epochs) | test % at the "
+             "val-chosen epoch | test % last epoch | SMM/update | train s/epoch (after the 1st) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, runs in sel.items():
+        cs = [chosen(r) for r in runs.values()]
+        r0 = next(iter(runs.values()))
+        s_ep = np.mean([epoch_s(r) for r in runs.values()])
+        eps = ", ".join(f"{c['epoch']:g}" for c in cs)
+        lines.append(f"| {NAMES[m]} | {fmt_setting(r0['setting'])} | {len(runs)} | "
+                     f"{_cell([c['val'] for c in cs])} ({eps})"
+                     f" | {_cell([c['test'] for c in cs])} | "
+                     f"{_cell([c['last']['test'] for c in cs])} | {r0['smm_per_update']} | "
+                     f"{s_ep:.1f} |")
+    return "\n".join(lines)
+
+
+def diff_lines(records: list[dict]) -> str:
+    sel = selected_runs(records)
+    tests = {m: {s: chosen(r)["test"] for s, r in runs.items()} for m, runs in sel.items()}
+    pairs = [(a, b) for a, b in (("forward", "bp"), ("avg", "bp"), ("avg", "forward"),
+                                 ("zero", "forward"), ("random", "forward"), ("null", "forward"))
+             if a in tests and b in tests]
+    out = ["Paired differences of test accuracy at the validation-chosen epoch (same seeds):", ""]
+    out += [f"- {verdict(NAMES[a], NAMES[b], *paired(tests[a], tests[b]))}" for a, b in pairs]
+    times = {m: {s: epoch_s(r) for s, r in runs.items()}
+             for m, runs in sel.items()}
+    if "avg" in times and "forward" in times:
+        d, h, n = paired(times["avg"], times["forward"])
+        base = np.mean(list(times["forward"].values()))
+        out.append(f"- training time per epoch: {verdict('PC-avg', 'PC-forward', d, h, n, 's')}"
+                   f" ({100 * d / base:+.0f} % of PC-forward's {base:.1f} s; wall time on a "
+                   "shared 2-core CPU)")
     return "\n".join(out)
 
 
+def smm_table(records: list[dict]) -> str:
+    """SMMs each selected method needs to first reach PC-forward's validation-selected accuracy
+    (mean over its seeds) on validation, at epoch granularity (seed 004 Fig. 3)."""
+    sel = selected_runs(records)
+    if "forward" not in sel:
+        return ""
+    target = float(np.mean([chosen(r)["val"] for r in sel["forward"].values()]))
+    lines = [f"SMMs to first reach PC-forward's validation-selected accuracy ({target:.2f} % on "
+             "validation, mean of its seeds), checked after every epoch:", "",
+             "| method | per seed: SMMs (epoch) | seeds reaching it |", "| --- | --- | ---: |"]
+    for m, runs in sel.items():
+        cells, hit = [], 0
+        for s, r in sorted(runs.items()):
+            p = next((p for p in r["epochs"] if p["val"] >= target), None)
+            cells.append(f"s{s}: {p['smm']:,} ({p['epoch']:g})" if p else f"s{s}: not reached")
+            hit += p is not None
+        lines.append(f"| {NAMES[m]} | {'; '.join(cells)} | {hit}/{len(runs)} |")
+    return "\n".join(lines)
+
+
+def table(records: list[dict]) -> str:
+    if not records:
+        return "(no records)"
+    r0 = records[0]
+    head = (f"Budget: {r0['epochs_budget']} epochs on {r0['fraction']:g} of the training split "
+            f"({r0['n_train']} images, batch {r0['batch']}), validation {r0['n_val']} images, "
+            f"test {r0['n_test']}; {r0['machine']}.")
+    return "\n\n".join(x for x in (head, grid_table(records), seeds_table(records),
+                                   diff_lines(records), smm_table(records)) if x)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="bp,forward,avg,zero,random,null",
-                   type=str_list)
-    p.add_argument("--t-fast", type=int_list, default=[3, 5, 7])
-    p.add_argument("--t-slow", type=int_list, default=[5, 10, 25])
-    p.add_argument("--fractions", type=float_list, default=[1.0])
-    p.add_argument("--seeds", type=int_list, default=[0])
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=("grid", "seeds"), default="grid")
+    p.add_argument("--methods", default=["bp", "forward", "avg"], type=str_list)
+    p.add_argument("--t-fast", type=int_list, default=[5])
+    p.add_argument("--t-slow", type=int_list, default=[25, 100])
+    p.add_argument("--bp-weight-lrs", type=float_list, default=[1e-4, 3e-4, 1e-3, 3e-3])
+    p.add_argument("--pc-weight-lrs", type=float_list, default=[3e-4, 1e-3])
+    p.add_argument("--activity-lrs", type=float_list, default=[0.03, 0.1])
+    p.add_argument("--fraction", type=float, default=1.0)
+    p.add_argument("--grid-seed", type=int, default=0)
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--batch", type=int, default=200)
     p.add_argument("--act", default="gelu")
-    p.add_argument("--weight-lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--activity-lr", type=float, default=0.1)
     p.add_argument("--random-std", type=float, default=1.0)
     p.add_argument("--avg-m", type=int, default=None, help="hybrid avg: forward for depth ≤ m")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="also evaluate every N weight updates (the SMM-to-accuracy curve)")
-    p.add_argument("--max-batches", type=int, default=0,
-                   help="stop each epoch after this many batches (0: all; for reduced CPU runs)")
-    p.add_argument("--balanced-all", action="store_true",
-                   help="stream-aligned batches for every method (default: avg only)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/init_compare.jsonl")
-    p.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "init_compare.jsonl"))
+    p.add_argument("--table", action="store_true", help="print the tables of --out and exit")
     args = p.parse_args(argv)
-    if print_table_only(args, table):
+    if args.table:
+        print(table(read_jsonl(args.out)))
         return 0
-    ds = D.load("fashion-mnist", data_dir=args.data_dir)
-    print(f"{machine()}; {len(configs(args))} configurations × {len(args.fractions)} fractions × "
-          f"{len(args.seeds)} seeds", flush=True)
+    sizes = {m: len(grid(args, m)) for m in args.methods}
+    print(f"{machine()}; grid sizes {sizes}", flush=True)
+    if len(set(sizes.values())) > 1:
+        print(f"warning: grids of different sizes {sizes}", flush=True)
     t0 = time.perf_counter()
-    for fraction in args.fractions:
-        for seed in args.seeds:
-            for method, T in configs(args):
-                rec = run_one(args, ds, method, T, fraction, seed)
-                append_jsonl(args.out, rec)
+    if args.phase == "grid":
+        for m in args.methods:
+            for s in grid(args, m):
+                append_jsonl(args.out, run_one(args, m, s, args.grid_seed, "grid"))
+    else:
+        records = read_jsonl(args.out)
+        for m in args.methods:
+            g = [r for r in records if r["method"] == m and r["phase"] == "grid"]
+            setting = select(g)[0]
+            done = by_seed([r for r in records if r["method"] == m], setting)
+            for seed in args.seeds:
+                if seed not in done:
+                    append_jsonl(args.out, run_one(args, m, setting, seed, "seed"))
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     print(table(read_jsonl(args.out)))
     return 0
