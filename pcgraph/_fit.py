@@ -44,6 +44,7 @@ from ._learn import TrainStep, make_train_step
 from ._network import Network
 from ._query import compile_query
 from ._registry import EVAL_BATCH_SIZE
+from ._validation import BestEpoch, split_validation, validation_metrics
 
 
 @dataclass
@@ -82,6 +83,9 @@ class FitResult:
     smm_per_batch: int
     steps_per_epoch: int
     traces: int = 0  # how often the training step was traced (1: no retracing)
+    best_epoch: int | None = None  # the epoch with the best validation metric (None: no val)
+    best_net: Network | None = None  # its network (None when it was before a resume)
+    best_state: TrainState | None = None
 
     @property
     def opt_state(self):
@@ -144,6 +148,7 @@ def fit(
     check_every: int = 10,
     trace_inference: bool = True,
     mesh: Any = None,
+    val_fraction: float | None = None,
     **settings: Any,
 ) -> FitResult:
     """Train ``net`` on ``data`` for ``config.epochs`` epochs (the total: a resumed ``state``
@@ -161,6 +166,12 @@ def fit(
     epoch events carry ``metrics``, ``net``, ``state`` (to checkpoint) and ``inference`` (the
     per-node energy trace); a callback returning False at an epoch event stops training there.
 
+    ``val_fraction``: hold out that class-stratified share of the training set (drawn from
+    ``seed``; ``_validation``) and record ``val_accuracy`` / ``val_mse`` and ``best_epoch`` every
+    epoch; a ``Dataset`` that already has a validation split (``data.load(val_fraction=...)``) is
+    validated on without it. ``FitResult.best_epoch`` / ``best_net`` / ``best_state``: the epoch
+    chosen by validation.
+
     ``mesh``: train on several devices (``"data=8"``, ``"data=2,layer=4"``, a device count or a
     ``jax.sharding.Mesh`` with axes ``data``/``layer``; docs/scaling.md). The result (network,
     state, history) is the plain single-device one.
@@ -168,6 +179,8 @@ def fit(
     Raises :class:`TrainingDiverged` when the energy/loss becomes non-finite,
     ``data.DataShapeError`` before compiling when the data does not fit the nodes."""
     config = _config(net, config, settings)
+    if val_fraction:
+        data = split_validation(data, val_fraction, seed)
     _limits.check_training(net.model, {"steps": getattr(config.inference, "steps", None),
                                             "epochs": config.epochs,
                                             "batch_size": config.batch_size}, seed)
@@ -202,11 +215,16 @@ def fit(
     epoch_run = EpochSteps(step_fn, tracer, check_every, _emitter(callback), steps_per_epoch)
 
     def evaluation(net_, carry) -> dict:
-        return _evaluation(evaluator, net_, train, eval_data, test_query, query,
-                           eval_batch_size, train_eval_max, carry)
+        return {**_evaluation(evaluator, net_, train, eval_data, test_query, query,
+                              eval_batch_size, train_eval_max, carry),
+                **validation_metrics(evaluator, net_, train.dataset, query=test_query,
+                                     train_query=query, batch_size=eval_batch_size, carry=carry)}
 
-    return _loop(net, state, config, train, step_fn, epoch_run, evaluation, tracer, record,
-                 seed, balanced, callback, trace_inference, host)
+    best = BestEpoch(state.history)
+    result = _loop(net, state, config, train, step_fn, epoch_run, evaluation, tracer, record,
+                   seed, balanced, best.wrap(callback), trace_inference, host)
+    return dataclasses.replace(result, best_epoch=best.epoch, best_net=best.net,
+                               best_state=best.state)
 
 
 def _emitter(callback):
