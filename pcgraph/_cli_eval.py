@@ -16,7 +16,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("--json prints {model, algorithm, data, checkpoint, epoch, query, split, n, "
                 "SPLIT_accuracy, SPLIT_mse, settings; with --devices/--mesh: devices, mesh, "
-                "processes}\n(SPLIT is test or train; the text output "
+                "processes}\n(SPLIT is test, val or train; the text output "
                 "first names the run's model, algorithm and settings)"
                 "\nExit status: 0 ok, 1 model errors, 2 usage/data/checkpoint errors.")
     p.add_argument("file", metavar="FILE", help=".pcg model file")
@@ -27,7 +27,8 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="fetch a missing data set (checksummed)")
     p.add_argument("--query", help="evaluation query (default: the training run's, or test)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="val: the validation split the run held out (--val-fraction)")
     p.add_argument("--json", action="store_true", help="print a JSON result on stdout")
     add_device_options(p)
 
@@ -67,6 +68,9 @@ def _eval(args: argparse.Namespace) -> int:
     except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
     query = args.query or run.test_query
+    if args.split == "val" and ds.x_val is None:
+        raise CliError(f"{ckpt} was trained without a validation split (no --val-fraction); "
+                       "use --split test or train")
     try:
         res = run.evaluate(ds, query=query, batch_size=args.batch_size, split=args.split,
                            mesh=mesh)

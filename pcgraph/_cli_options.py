@@ -30,6 +30,9 @@ TRAIN_JSON_FIELDS = """\
   wall_time_s      seconds for the whole command
   out_dir          run directory (metrics.jsonl, checkpoint.eqx, checkpoint.json)
   checkpoint       path of the last checkpoint
+  val_accuracy     with --val-fraction: validation accuracy of the last epoch (val_mse:
+                   generative); best_epoch, best_val, best_checkpoint: the epoch chosen by
+                   validation, its metric and best.eqx
   resumed_from     epoch the run was resumed from (0 for a fresh run)
   devices, mesh, processes   with --devices/--mesh: the device count, {"data": N, "layer": M}
                    and the number of processes (printed by process 0 only)
@@ -48,6 +51,9 @@ Files in --out DIR (default runs/MODEL):
                    node_energies: {node: [E at t=0..T]}} once an epoch
   checkpoint.eqx   network + optimiser state + metadata, written atomically every epoch
   checkpoint.json  a readable copy of the checkpoint metadata
+  best.eqx         with --val-fraction: the checkpoint of the epoch with the best validation
+                   metric (val_accuracy, or val_mse for generative models; first on ties),
+                   written atomically when an epoch improves it (best.json: its metadata)
 --resume continues from checkpoint.eqx and ends with exactly the parameters of an
 uninterrupted run (batch order depends only on seed and epoch). Options left out on resume
 are taken from the checkpoint; options that change the trajectory must match it.
@@ -74,6 +80,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--fraction", type=float, metavar="F",
                    help="use a stratified fraction of the training set (default 1)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this class-stratified share of the training set for validation "
+                        "(drawn from --seed; default 0): val_accuracy every epoch, best.eqx")
     p.add_argument("--algorithm", choices=ALGORITHMS,
                    help="pc (default), incremental pc, or backprop baseline")
     p.add_argument("--out", metavar="DIR",

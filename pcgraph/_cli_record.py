@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_run_dir import CHECKPOINT, METRICS, append_jsonl, jsonable_dict
+from ._cli_run_dir import BEST, CHECKPOINT, METRICS, append_jsonl, jsonable_dict
 
 # how the batch order and step keys follow from the seed (stored in every checkpoint)
 RNG = {"batch_order": "numpy default_rng([seed, epoch])",
@@ -93,6 +93,7 @@ class Recorder:
         self.steps_per_epoch, self.log_every = steps_per_epoch, 1
         self.collapsed = collapsed
         self.checkpoint = checkpoint  # the path of the last checkpoint written (or resumed)
+        self.best = out / BEST  # the checkpoint of the epoch chosen by validation
 
     def __call__(self, ev: dict) -> None:
         handle = {"start": self._start, "step": self._step, "epoch": self._epoch}.get(ev["kind"])
@@ -140,3 +141,5 @@ class Recorder:
                 "rng": RNG}
         save(self.ckpt, ev["net"], st.opt_state, st.carry, meta)
         self.checkpoint = str(self.ckpt)
+        if m.get("best_epoch") == ev["epoch"]:  # validation improved: the best checkpoint
+            save(self.best, ev["net"], st.opt_state, st.carry, meta)

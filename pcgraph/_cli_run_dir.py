@@ -14,10 +14,11 @@ from pathlib import Path
 from ._cli_common import CliError
 
 CHECKPOINT = "checkpoint.eqx"
+BEST = "best.eqx"  # the epoch chosen by validation (with --val-fraction)
 METRICS = "metrics.jsonl"
 
 # options that change the training trajectory (must match on --resume)
-TRAJECTORY = ("data", "fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
+TRAJECTORY = ("data", "fraction", "val_fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
               "activity_lr", "weight_lr", "optimizer", "algorithm", "batch_size", "query",
               "test_query", "weight_decay", "activity_optimizer", "parameterisation", "normalize")
 # resolved hyperparameters that must match the checkpoint on --resume
@@ -54,7 +55,7 @@ def start_fresh(out: Path) -> None:
     """An empty run directory: no checkpoint, an empty metrics file."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
-    for stale in (ckpt, ckpt.with_suffix(".json")):
+    for stale in (ckpt, ckpt.with_suffix(".json"), out / BEST, (out / BEST).with_suffix(".json")):
         stale.unlink(missing_ok=True)
     (out / METRICS).write_text("")
 

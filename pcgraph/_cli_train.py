@@ -30,6 +30,7 @@ _RANGES = (("--epochs", "epochs", lambda v: v >= 1),
            ("--batch-size", "batch_size", lambda v: v >= 1),
            ("--steps", "steps", lambda v: v >= 0),
            ("--fraction", "fraction", lambda v: 0 < v <= 1),
+           ("--val-fraction", "val_fraction", lambda v: 0 <= v < 1),
            ("--activity-lr", "activity_lr", lambda v: v > 0),
            ("--weight-lr", "weight_lr", lambda v: v >= 0),
            ("--weight-decay", "weight_decay", lambda v: v >= 0))
@@ -63,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
     config = _resolve(model, cli, epochs)
     ds = _load_data(cli["data"], cli["data_dir"], float(cli["fraction"] or 1.0), seed,
                     bool(args.download), config.record["normalize"],
-                    mmap=mesh is not None and _process_count() > 1)
+                    mmap=mesh is not None and _process_count() > 1,
+                    val_fraction=float(cli["val_fraction"] or 0.0))
     _preflight(model, cli, epochs, seed)  # limits and memory, before anything is allocated
     net, like_carry = _build(model, ds, config, q, tq, seed)
     cli["epochs"] = config.record["epochs"]
@@ -226,7 +228,20 @@ def _summary(result, recorder: Recorder, name: str, data: str, cfg: dict, out: P
         summary["devices"] = int(mesh.devices.size)
         summary["mesh"] = dict(mesh.shape)
         summary["processes"] = jax.process_count()
+    summary.update(_validation_summary(result, recorder.best))
     return summary
+
+
+def _validation_summary(result, best_path: Path) -> dict:
+    """The --json fields of validation (none without --val-fraction)."""
+    from ._validation import val_metric
+
+    k = val_metric(result.final)
+    if k is None:
+        return {}
+    best = next((m for m in result.history if m.get("epoch") == result.best_epoch), {})
+    return {k: result.final[k], "best_epoch": result.best_epoch, "best_val": best.get(k),
+            "best_checkpoint": str(best_path) if best_path.exists() else None}
 
 
 def _report(summary: dict, as_json: bool, collapsed: list) -> None:
@@ -293,12 +308,12 @@ def _process_count() -> int:
 
 
 def _load_data(name: str, data_dir, fraction: float, seed: int, download: bool = False,
-               normalize: str | None = None, mmap: bool = False):
+               normalize: str | None = None, mmap: bool = False, val_fraction: float = 0.0):
     from . import data as D
 
     try:
         return D.load(name, data_dir=data_dir, fraction=fraction, seed=seed, download=download,
-                      normalize=normalize or "standardize", mmap=mmap)
+                      normalize=normalize or "standardize", mmap=mmap, val_fraction=val_fraction)
     except (D.DataError, ValueError, OSError) as e:
         raise CliError(str(e)) from None
 

@@ -196,7 +196,8 @@ class Run:
         return evaluate(self.net, data, **opts)
 
     def load_data(self, name: str | None = None, *, data_dir=None, download: bool = False):
-        """The data set the run trained on (same fraction, seed and pixel scaling), or ``name``
+        """The data set the run trained on (same fraction, validation split, seed and pixel
+        scaling), or ``name``
         (whole, scaled the same way)."""
         from . import data as D
 
@@ -211,6 +212,7 @@ class Run:
                       seed=int(cli.get("seed") if cli.get("seed") is not None
                                else self.meta.get("seed", 0)),
                       normalize=self.settings.get("normalize") or "standardize",
+                      val_fraction=float(cli.get("val_fraction") or 0.0) if same else 0.0,
                       download=download)
 
 

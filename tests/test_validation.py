@@ -95,3 +95,73 @@ def test_fit_without_validation_has_no_best(digits):
     net = build(load(MODELS / "digits_mlp.pcg"), seed=0)
     res = fit(net, digits, epochs=1, batch_size=128, seed=0, trace_inference=False)
     assert res.best_epoch is None and "val_accuracy" not in res.history[0]
+
+
+# ------------------------------------------------------------------------------ CLI
+def _cli(argv):
+    import contextlib
+    import io
+    import json
+
+    from pcgraph._cli import main
+
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        code = main(argv)
+    out = buf.getvalue()
+    return code, (json.loads(out) if out.strip().startswith("{") else out), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("val") / "run"
+    code, summary, err = _cli(["train", str(MODELS / "digits_mlp.pcg"), "--data", "digits",
+                               "--out", str(out), "--epochs", "3", "--val-fraction", "0.2",
+                               "--weight-lr", "0.003", "--json", "--quiet"])
+    assert code == 0, err
+    return out, summary
+
+
+def test_cli_val_fraction_metrics_and_best_checkpoint(cli_run):
+    import json
+
+    from pcgraph._checkpoint import read_meta
+
+    out, summary = cli_run
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in epochs if r.get("type") == "epoch"]
+    vals = [r["val_accuracy"] for r in epochs]
+    best = 1 + int(np.argmax(vals))
+    assert [r["best_epoch"] for r in epochs][-1] == best == summary["best_epoch"]
+    assert summary["best_val"] == vals[best - 1] and summary["val_accuracy"] == vals[-1]
+    assert read_meta(out / "best.eqx")["epoch"] == best  # the checkpoint of that epoch
+    assert read_meta(out / "checkpoint.eqx")["epoch"] == 3  # and the last one beside it
+    assert (out / "best.json").exists()
+
+
+def test_cli_eval_split_val_reproduces_the_recorded_validation(cli_run):
+    out, summary = cli_run
+    mlp = str(MODELS / "digits_mlp.pcg")
+    code, res, err = _cli(["eval", mlp, "--checkpoint", str(out / "best.eqx"), "--split", "val",
+                           "--json"])
+    assert code == 0, err
+    assert res["split"] == "val" and res["val_accuracy"] == pytest.approx(summary["best_val"])
+    n_val = len(data.load("digits", val_fraction=0.2, seed=0).x_val)
+    assert res["n"] == n_val
+
+
+def test_cli_eval_split_val_needs_a_validation_split(tmp_path):
+    mlp = str(MODELS / "digits_mlp.pcg")
+    code, _, err = _cli(["train", mlp, "--data", "digits", "--out", str(tmp_path / "r"),
+                         "--epochs", "1", "--quiet"])
+    assert code == 0, err
+    assert not (tmp_path / "r" / "best.eqx").exists()
+    code, _, err = _cli(["eval", mlp, "--checkpoint", str(tmp_path / "r"), "--split", "val"])
+    assert code == 2 and "without a validation split" in err
+
+
+def test_cli_resume_refuses_another_val_fraction(cli_run):
+    out, _ = cli_run
+    code, _, err = _cli(["train", str(MODELS / "digits_mlp.pcg"), "--data", "digits", "--out",
+                         str(out), "--epochs", "4", "--val-fraction", "0.1", "--resume"])
+    assert code == 2 and "--val-fraction" in err
