@@ -67,8 +67,10 @@ def resnet_mupc(depth: int, width: int, inputs: int = 784, classes: int = 10):
                                        "classes": classes})
 
 
-def load_data(fraction: float = 1.0, name: str = "fashion-mnist"):
-    return pcgraph.data.load(name, fraction=fraction)
+def load_data(fraction: float = 1.0, name: str = "fashion-mnist", val_fraction: float = 0.1):
+    """The data set with ``val_fraction`` of the training set held out for validation
+    (class-stratified, split seed 0: the same for every run)."""
+    return pcgraph.data.load(name, fraction=fraction, val_fraction=val_fraction, seed=0)
 
 
 def build_net(method: str, depth: int, width: int, seed: int, inputs: int = 784):
@@ -109,12 +111,14 @@ def cached_steps(net, method: str, depth: int, width: int, activity_lr: float, s
     return _STEPS[key]
 
 
-def test_accuracy(net, ds, eval_step, batch: int = 1000) -> float:
+def test_accuracy(net, ds, eval_step, batch: int = 1000, split: str = "test") -> float:
+    """Accuracy (%) of the forward pass on a split (``test`` or ``val``)."""
+    x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
     correct = 0
-    for i in range(0, len(ds.x_test), batch):
-        out = eval_step(net, {"x": ds.x_test[i:i + batch]})["y"]
-        correct += int(np.sum(np.argmax(np.asarray(out), -1) == ds.y_test[i:i + batch]))
-    return 100.0 * correct / len(ds.x_test)
+    for i in range(0, len(x), batch):
+        out = eval_step(net, {"x": x[i:i + batch]})["y"]
+        correct += int(np.sum(np.argmax(np.asarray(out), -1) == y[i:i + batch]))
+    return 100.0 * correct / len(x)
 
 
 def batches(ds, batch: int, seed: int):
@@ -133,7 +137,9 @@ def train_run(ds, *, method: str, depth: int, width: int, iters: int, batch: int
               eval_at: tuple[int, ...] = (), steps: int | None = None, verbose: bool = False) -> dict:
     """Train one network for ``iters`` iterations; returns accuracies, losses and timings.
 
-    A run whose loss turns non-finite stops there (its accuracy is reported on the last finite
+    ``points``: validation and test accuracy at every iteration of ``eval_at`` and at the end
+    (``epoch`` in fractions of an epoch, ``train_s`` and ``smm`` cumulative), from which the
+    iteration is chosen on validation (``_evidence.chosen``). A run whose loss turns non-finite stops there (its accuracy is reported on the last finite
     network, which is what a NaN network would be replaced by: chance in practice)."""
     net = build_net(method, depth, width, seed, inputs=ds.x_train.shape[1])
     step, ev = cached_steps(net, method, depth, width, activity_lr, steps)
@@ -141,6 +147,18 @@ def train_run(ds, *, method: str, depth: int, width: int, iters: int, batch: int
     it = batches(ds, batch, seed)
     losses, curve = [], []
     acc0 = test_accuracy(net, ds, ev)
+    has_val = getattr(ds, "x_val", None) is not None
+    smm = float(step.smm["smm_per_update"])
+    points: list = []
+    t_train = 0.0
+
+    def point(done_, net_):
+        val = test_accuracy(net_, ds, ev, split="val") if has_val else None
+        points.append({"iter": done_, "epoch": done_ * batch / len(ds.x_train), "val": val,
+                       "test": test_accuracy(net_, ds, ev), "train_s": t_train,
+                       "smm": done_ * smm})
+        return points[-1]["test"]
+
     t_compile = time.perf_counter()
     net, state, m = step(net, state, next(it))
     jax.block_until_ready(m["loss"])
@@ -148,6 +166,7 @@ def train_run(ds, *, method: str, depth: int, width: int, iters: int, batch: int
     losses.append(float(m["loss"]))
     diverged = not math.isfinite(losses[-1])
     t0 = time.perf_counter()
+    paused = 0.0
     done = 1
     eval_at = set(eval_at)
     while done < iters and not diverged:
@@ -158,21 +177,26 @@ def train_run(ds, *, method: str, depth: int, width: int, iters: int, batch: int
         losses.append(loss)
         if not math.isfinite(loss) or not math.isfinite(float(m["energy_end"])):
             diverged, net = True, prev
-        if done in eval_at:
-            curve.append((done, test_accuracy(net, ds, ev)))
+        if done in eval_at and done < iters:
+            t_train = time.perf_counter() - t0 + t_compile - paused
+            p0 = time.perf_counter()
+            curve.append((done, point(done, net)))
+            paused += time.perf_counter() - p0
             if verbose:
                 print(f"    {method} H={depth} N={width} iter {done}: acc {curve[-1][1]:.2f} "
                       f"loss {np.mean(losses[-50:]):.4f}", flush=True)
-    per_iter = (time.perf_counter() - t0) / max(done - 1, 1)
-    acc = test_accuracy(net, ds, ev)
+    per_iter = (time.perf_counter() - t0 - paused) / max(done - 1, 1)
+    t_train = time.perf_counter() - t0 + t_compile - paused
+    acc = point(done, net)
     return {
         "method": method, "depth": depth, "width": width, "batch": batch, "iters": done,
-        "epochs": done * batch / len(ds.x_train), "weight_lr": weight_lr,
+        "epoch_budget": done * batch / len(ds.x_train), "weight_lr": weight_lr,
         "activity_lr": None if method == "bp" else activity_lr,
         "T": None if method == "bp" else (depth if steps is None else steps),
         "acc_init": acc0, "acc": acc, "diverged": diverged, "curve": curve,
         "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
-        "s_per_iter": per_iter, "compile_s": t_compile,
+        "s_per_iter": per_iter, "compile_s": t_compile, "epochs": points,
+        "smm_per_update": smm, "seed": seed,
     }
 
 
@@ -182,7 +206,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         flag = " (diverged)" if r["diverged"] else ""
         out.append(f"| {r['width']} | {r['depth']} | {r['method']} | {r['iters']} "
-                   f"({r['epochs']:.2f}) | {r['acc']:.2f}{flag} | {r['loss_first']:.3g}→"
+                   f"({r['epoch_budget']:.2f}) | {r['acc']:.2f}{flag} | {r['loss_first']:.3g}→"
                    f"{r['loss_last']:.3g} | {r['s_per_iter']:.3f} |")
     return "\n".join(out)
 
@@ -217,6 +241,94 @@ def plot(rows: list[dict], path: str) -> None:
     save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------ selection on val
+NAMES = {"mupc": "μPC", "standard": "standard PC", "bp": "BP"}
+RESULTS = ROOT / "benchmarks" / "results" / "mupc_depth.jsonl"
+
+
+def run_record(ds, args, method: str, depth: int, lr: float, seed: int, phase: str) -> dict:
+    """One run of the validation-selected protocol, as a record of benchmarks/results."""
+    ev = tuple(range(args.eval_every, args.iters + 1, args.eval_every)) if args.eval_every else ()
+    r = train_run(ds, method=method, depth=depth, width=args.width, iters=args.iters,
+                  batch=args.batch, weight_lr=lr, activity_lr=args.activity_lr, seed=seed,
+                  eval_at=ev)
+    pts = r.pop("epochs")
+    print(f"  H {depth:3d} {method:8s} lr {lr:g} seed {seed}: val {pts[-1]['val']:.2f}% test "
+          f"{pts[-1]['test']:.2f}%{' DIVERGED' if r['diverged'] else ''} "
+          f"({r['s_per_iter']:.3f} s/iter)", flush=True)
+    return {"bench": "mupc_depth", "phase": phase, "method": method, "depth": depth,
+            "setting": {"weight_lr": lr}, "epochs": pts, "n_train": len(ds.x_train),
+            "n_val": len(ds.x_val), "n_test": len(ds.x_test), **r, "machine": machine(),
+            "command": " ".join(sys.argv)}
+
+
+def lr_grid(args, method: str) -> list[float]:
+    return {"mupc": args.mupc_lrs, "standard": args.standard_lrs, "bp": args.bp_lrs}[method]
+
+
+def selection_table(records: list[dict]) -> str:
+    """Per depth: every method's grid (validation-chosen iteration, test there), the selected
+    learning rate repeated over seeds, and the paired differences."""
+    from _evidence import by_seed, chosen, mean_sd, paired, select, verdict
+
+    if not records:
+        return "(no records)"
+    r0 = records[0]
+    out = [f"Width {r0['width']}, batch {r0['batch']}, T = H, activity lr {r0['activity_lr']}; "
+           f"{r0['iters']} iterations ({r0['iters'] * r0['batch'] / r0['n_train']:.2f} epoch) "
+           f"per run, validation {r0['n_val']} images, test {r0['n_test']}; {r0['machine']}.",
+           "", "| H | method | Adam lr grid (val % at the val-chosen iteration) | selected | seeds "
+           "| val % | test % at the val-chosen iteration | test % last | s/iter |",
+           "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    diffs = []
+    for H in sorted({r["depth"] for r in records}):
+        tests = {}
+        for m in METHODS:
+            rs = [r for r in records if r["depth"] == H and r["method"] == m]
+            g = [r for r in rs if r["phase"] == "grid"]
+            if not g:
+                continue
+            setting, _ = select(g)
+            cells = ", ".join(f"{r['setting']['weight_lr']:g}: {chosen(r)['val']:.1f}"
+                              for r in sorted(g, key=lambda r: r["setting"]["weight_lr"]))
+            runs = by_seed(rs, setting)
+            cs = [chosen(r) for r in runs.values()]
+            tests[m] = {s_: chosen(r)["test"] for s_, r in runs.items()}
+            div = sum(r["diverged"] for r in runs.values())
+            out.append(f"| {H} | {NAMES[m]} | {cells} | {setting['weight_lr']:g} | {len(runs)} | "
+                       f"{mean_sd([c['val'] for c in cs])} | {mean_sd([c['test'] for c in cs])}"
+                       f" | {mean_sd([c['last']['test'] for c in cs])}"
+                       f"{f' ({div} diverged)' if div else ''} | "
+                       f"{np.mean([r['s_per_iter'] for r in runs.values()]):.3f} |")
+        for a, b in (("mupc", "bp"), ("mupc", "standard")):
+            if a in tests and b in tests:
+                diffs.append(f"- H = {H}: {verdict(NAMES[a], NAMES[b], *paired(tests[a], tests[b]))}")
+    return "\n".join(out + ["", "Paired differences of test accuracy at the validation-chosen "
+                                 "iteration:", ""] + diffs)
+
+
+def run_selection(args) -> None:
+    from _common import append_jsonl, read_jsonl
+    from _evidence import by_seed, select
+
+    ds = load_data(args.fraction)
+    args.iters = args.iters or int(args.epochs * (len(ds.x_train) // args.batch))
+    for H in args.depths:
+        for m in args.methods:
+            if args.phase == "grid":
+                for lr in lr_grid(args, m):
+                    append_jsonl(args.out, run_record(ds, args, m, H, lr, args.seed, "grid"))
+            else:
+                rs = [r for r in read_jsonl(args.out) if r["depth"] == H and r["method"] == m]
+                setting, _ = select([r for r in rs if r["phase"] == "grid"])
+                done = by_seed(rs, setting)
+                for seed in args.seeds:
+                    if seed not in done:
+                        append_jsonl(args.out, run_record(ds, args, m, H, setting["weight_lr"],
+                                                          seed, "seed"))
+    print(selection_table(read_jsonl(args.out)))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--widths", type=int, nargs="+", default=[128, 512])
@@ -238,7 +350,26 @@ def main(argv=None) -> None:
     ap.add_argument("--from-json", default=None,
                     help="no training: tabulate and plot the runs saved by --json (several runs "
                          "of this script can append to one file)")
+    ap.add_argument("--phase", choices=("grid", "seeds"), default=None,
+                    help="validation-selected protocol: grid = every method's lr grid with "
+                         "--seed; seeds = the selected lr of each method and depth with --seeds; "
+                         "records to --out (benchmarks/results/mupc_depth.jsonl)")
+    ap.add_argument("--width", type=int, default=128, help="with --phase")
+    ap.add_argument("--mupc-lrs", type=float, nargs="+", default=[0.01, 0.05, 0.2])
+    ap.add_argument("--standard-lrs", type=float, nargs="+", default=[1e-3, 1e-2, 0.05])
+    ap.add_argument("--bp-lrs", type=float, nargs="+", default=[1e-3, 5e-3, 0.05])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--table", action="store_true", help="print the selection table of --out")
     args = ap.parse_args(argv)
+    if args.table:
+        from _common import read_jsonl
+
+        print(selection_table(read_jsonl(args.out)))
+        return
+    if args.phase:
+        run_selection(args)
+        return
     if args.from_json:
         with open(args.from_json) as f:
             rows = [json.loads(line) for line in f if line.strip()]
