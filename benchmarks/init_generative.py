@@ -10,8 +10,11 @@ Seed 004's decoder has no prior on its bottleneck, so by default (``--prior 0``)
 drops the model file's gaussian(0, 1) prior on z; ``--prior 1`` keeps it. (With the prior, three
 steps from a memory shrink z towards 0 every batch and mem at T = 3 stops improving after one
 epoch: docs/results.md.) ``--act`` swaps the hidden activation (seed 004 searched gelu, tanh,
-leaky_relu). Every epoch is evaluated with each ``--eval-activity-lr``; as in seed 004, the table
-picks the α_eval with the lowest best-epoch error averaged over seeds.
+leaky_relu). Every epoch is evaluated with each ``--eval-activity-lr`` on a validation split (10 %
+of the training set, class-stratified, split seed 0) and on the test set; the table picks the
+α_eval and the epoch on **validation** (α_eval: the lowest best-epoch validation error averaged
+over seeds; epoch: each run's lowest validation error at that α_eval) and reports the test error
+there and at the last epoch. Records: ``benchmarks/results/init_generative.jsonl``.
 
 Methods: ``mem`` (seed 004's setup: one memory for the bottleneck z keyed on the image, a forward
 pass from it for h1, h2 — ``mem_forward``), ``mem-all`` (a memory on every free node), ``zero``,
@@ -79,6 +82,7 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
     opt_state = step.init(net, batch_size=args.batch)
     key = jax.random.PRNGKey(seed)
     n, times, curves, recs = 0, [], {a: [] for a in infer_fns}, {}
+    vcurves = {a: [] for a in infer_fns}
     for epoch in range(args.epochs):
         with Timer() as t:
             for xb, _ in D.batches(xtr, ytr, args.batch, seed=seed, epoch=epoch):
@@ -91,13 +95,18 @@ def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
             err, recs[a] = reconstruct(infer_fn, gen_fn, net, ds.x_test[: args.test_n], 500,
                                        carry_of(opt_state))
             curves[a].append(err)
+            vcurves[a].append(reconstruct(infer_fn, gen_fn, net, ds.x_val[: args.test_n], 500,
+                                          carry_of(opt_state))[0])
         errs = "  ".join(f"{curves[a][-1]:.5f}" for a in curves)
-        print(f"  {name:8s} T={T:3d} seed={seed} epoch {epoch + 1}: test recon MSE {errs} "
+        verrs = "  ".join(f"{vcurves[a][-1]:.5f}" for a in vcurves)
+        print(f"  {name:8s} T={T:3d} seed={seed} epoch {epoch + 1}: val recon MSE {verrs}, test {errs} "
               f"(α_eval {', '.join(map(str, curves))}; {t.s:.1f} s)", flush=True)
-    a_best = best_eval_lr([curves])
+    a_best = best_eval_lr([vcurves])
     curve = curves[a_best]
+    chosen_epoch = int(np.argmin(vcurves[a_best]))
     return ({"method": name, "T": T, "seed": seed, "epochs": args.epochs, "mse": curve,
-             "final": curve[-1], "best": min(curve), "train_s": float(np.sum(times)), "steps": n,
+             "final": curve[-1], "val_chosen": float(vcurves[a_best][chosen_epoch]),
+             "test_at_val": float(curve[chosen_epoch]), "mse_val_by_eval_lr": vcurves, "train_s": float(np.sum(times)), "steps": n,
              "smm_per_update": step.smm["smm_pc"], "init_methods": dict(step.initialiser.methods),
              "train_n": len(xtr), "test_n": min(args.test_n, len(ds.x_test)),
              "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
@@ -123,28 +132,31 @@ def _settings(r) -> str:
             f"{r.get('act', 'tanh')}" + ("" if r.get("prior", 1) else ", no prior"))
 
 
-def _curves(r) -> dict[str, list[float]]:
-    """Test-MSE curve per evaluation step α_eval."""
-    return r.get("mse_by_eval_lr") or {str(r.get("eval_activity_lr", 0.1)): r["mse"]}
+def _curves(r, split: str = "test") -> dict[str, list[float]]:
+    """MSE curve per evaluation step α_eval on ``split`` (val or test)."""
+    return r["mse_val_by_eval_lr"] if split == "val" else r["mse_by_eval_lr"]
 
 
 def best_eval_lr(curve_sets: list[dict[str, list[float]]]) -> str:
-    """Seed 004's pick of the evaluation step: the α_eval (present in every run) whose best-epoch
-    test error, averaged over the runs, is lowest."""
+    """The evaluation step chosen on validation curves: the α_eval (present in every run) whose
+    best-epoch validation error, averaged over the runs, is lowest."""
     lrs = sorted(set.intersection(*(set(c) for c in curve_sets)), key=float)
     return min(lrs, key=lambda a: np.mean([min(c[a]) for c in curve_sets]))
 
 
 def _cell(rs) -> str:
-    """The final error at :func:`best_eval_lr` over seeds (mean ± sd), the best epoch's in brackets."""
-    a = best_eval_lr([_curves(r) for r in rs])
-    final = mean_sd([_curves(r)[a][-1] for r in rs], 4)
-    return f"{final} ({np.mean([min(_curves(r)[a]) for r in rs]):.4f}) α_eval {a}"
+    """Test error at the validation-chosen α_eval and epoch (mean ± sd over seeds), the last
+    epoch's in brackets."""
+    a = best_eval_lr([_curves(r, "val") for r in rs])
+    at = [_curves(r)[a][int(np.argmin(_curves(r, "val")[a]))] for r in rs]
+    last = np.mean([_curves(r)[a][-1] for r in rs])
+    return f"{mean_sd(at, 4)} (last {last:.4f}) α_eval {a}"
 
 
 def table(records):
     """One row per method and training settings (β, α_train, activation, prior), one column per T:
-    final test MSE, mean ± sd over seeds, the best epoch's in brackets, at the chosen α_eval."""
+    test MSE at the validation-chosen α_eval and epoch, mean ± sd over seeds, the last epoch's in
+    brackets."""
     rows = {}
     for r in records:
         rows.setdefault((r["method"], _settings(r)), {}).setdefault(r["T"], []).append(r)
@@ -160,8 +172,8 @@ def table(records):
 
 
 def grid_png(path, originals, records):
-    """Test images and, per (method, T), the reconstructions of the record with the lowest error
-    (records that stored them: ``recon10``, the first 10 test images)."""
+    """Test images and, per (method, T), the reconstructions of the record with the lowest
+    validation error (records that stored them: ``recon10``, the first 10 test images)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +182,7 @@ def grid_png(path, originals, records):
     best = {}
     for r in records:
         k = (r["method"], r["T"])
-        if "recon10" in r and (k not in best or r["best"] < best[k]["best"]):
+        if "recon10" in r and (k not in best or r["val_chosen"] < best[k]["val_chosen"]):
             best[k] = r
     rows = [("image", originals)] + [(f"{m} T={t}", np.asarray(best[m, t]["recon10"]))
                                      for m, t in sorted(best)]
@@ -200,7 +212,8 @@ def main(argv=None):
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--activity-lr", type=float, default=0.1)
     p.add_argument("--eval-activity-lr", type=float_list, default=[0.1],
-                   help="one or more; every epoch is evaluated with each, the best is reported")
+                   help="one or more; every epoch is evaluated with each on validation, the "
+                        "choice is reported")
     p.add_argument("--act", default="tanh", help="hidden activation (seed 004: gelu, tanh, leaky_relu)")
     p.add_argument("--prior", type=int, default=0, help="1: a gaussian(0, 1) prior on z; 0: none")
     p.add_argument("--patterns", type=int, default=24)
@@ -209,7 +222,7 @@ def main(argv=None):
     p.add_argument("--learned-lr", type=float, default=1e-3)
     p.add_argument("--delta", type=float, default=200.0)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/init_generative.jsonl")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "init_generative.jsonl"))
     p.add_argument("--png", default="runs/init_generative.png",
                    help="grid of reconstructions from every record of --out that stored them ('' = none)")
     p.add_argument("--table", action="store_true", help="print the table (and --png) of --out, train nothing")
@@ -219,7 +232,8 @@ def main(argv=None):
         grid_png(args.png, x_test[:10], read_jsonl(args.out))
     if print_table_only(args, table):
         return 0
-    ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit")
+    ds = D.load("fashion-mnist", data_dir=args.data_dir, normalize="unit", val_fraction=0.1,
+                seed=0)
     xtr, ytr = ds.x_train, ds.y_train
     if args.fraction < 1:
         idx = D.stratified_indices(ytr, args.fraction, np.random.default_rng([0, 2]))
