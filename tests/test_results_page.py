@@ -1,0 +1,60 @@
+"""docs/results.md is what ``benchmarks/report.py`` generates from benchmarks/results/*.jsonl."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def report():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("report")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_results_page_matches_its_records(report):
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert report.render(page) == page, (
+        "docs/results.md differs from its records: run `python benchmarks/report.py` "
+        "(`--check` shows the difference)")
+
+
+def test_every_table_of_the_page_is_generated(report):
+    """Markdown tables appear only between table markers (no hand-typed figures)."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    outside = report.BLOCK.sub("", page)
+    outside = re.sub(r"```.*?```", "", outside, flags=re.S)
+    rows = [line for line in outside.splitlines() if line.startswith("|")]
+    assert not rows, f"hand-typed table rows in docs/results.md: {rows[:3]}"
+
+
+def test_a_changed_record_changes_the_page(report, tmp_path, monkeypatch):
+    """The check can fail: a page whose generated block was edited by hand is stale."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    m = report.BLOCK.search(page)
+    assert m is not None
+    edited = page[:m.start("body")] + "| 99.99 |\n" + page[m.end("body"):]
+    assert report.render(edited) == page
+    assert report.main(["--check", "--page", str(_write(tmp_path, edited))]) == 1
+    assert report.main(["--check", "--page", str(_write(tmp_path, page))]) == 0
+
+
+def test_phrase_is_gone():
+    hits = [p for p in [*ROOT.glob("docs/**/*.md"), *ROOT.glob("benchmarks/*.py"),
+                        ROOT / "README.md"]
+            if "best test accuracy" in p.read_text().lower()]
+    assert not hits, hits
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "results.md"
+    p.write_text(text)
+    return p
