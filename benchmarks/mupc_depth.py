@@ -11,22 +11,30 @@ weight layers. Three ways of training the same graph:
 * ``standard``: the same graph, every scale 1, LeCun-normal weights, same PC settings and lrs.
 * ``bp``: the μPC-parameterised network trained by backprop on the same MSE loss (Adam).
 
-Batches of 64 drawn without replacement from a shuffled training set, test accuracy on the full
-10,000-image test set from the forward pass (the label is never clamped at test). The budget is
-``--epochs`` or, when given, ``--iters`` training iterations per run.
+Batches of 64 drawn without replacement from a shuffled training set; 10 % of the training set is
+held out for validation (class-stratified, split seed 0), and validation and test accuracy come from
+the forward pass (the label is never clamped at test). The budget is ``--epochs`` or, when given,
+``--iters`` training iterations per run.
 
-Full protocol (GPU)::
+The validation-selected protocol (docs/results.md): each method gets its own Adam learning-rate
+grid (``--mupc-lrs``, ``--standard-lrs``, ``--bp-lrs``, the same size), run with ``--seed`` 0
+(``--phase grid``); the learning rate and the evaluation point (every ``--eval-every``
+iterations) with the best validation accuracy are chosen, and the chosen learning rate is run with
+``--seeds`` (``--phase seeds``). Records append to ``benchmarks/results/mupc_depth.jsonl``;
+``--table`` prints the table (test at the validation-chosen iteration and at the last one, paired
+differences with 95 % CIs)::
 
-    python benchmarks/mupc_depth.py --widths 128 512 --depths 8 16 32 64 128 --epochs 1
+    python benchmarks/mupc_depth.py --phase grid --depths 8 --iters 300 --eval-every 100
+    python benchmarks/mupc_depth.py --phase seeds --depths 8 --iters 300 --eval-every 100
+    python benchmarks/mupc_depth.py --table
 
-Reduced CPU run (what docs/results.md reports; two invocations appending to one file, then the
-table and plot from it)::
+Full protocol of issue 15 (width 128, 3 epochs × 3 seeds at H = 128)::
 
-    python benchmarks/mupc_depth.py --widths 128 --depths 8 16 32 64 --iters 300 \
-        --standard-iters 100 --eval-every 100 --json runs.jsonl --png ""
-    python benchmarks/mupc_depth.py --widths 128 --depths 128 --iters 200 \
-        --standard-iters 50 --eval-every 50 --json runs.jsonl --png ""
-    python benchmarks/mupc_depth.py --from-json runs.jsonl --png docs/img/mupc_depth.png
+    python benchmarks/mupc_depth.py --phase grid --depths 8 16 32 64 128 --epochs 1 --eval-every 200
+    python benchmarks/mupc_depth.py --phase seeds --depths 128 --epochs 3 --eval-every 843
+
+The older single-setting mode (no ``--phase``: one weight lr for both PC methods, ``--json``,
+``--from-json``) is kept for quick looks; it selects nothing.
 """
 
 from __future__ import annotations
