@@ -58,3 +58,20 @@ def _write(tmp_path, text):
     p = tmp_path / "results.md"
     p.write_text(text)
     return p
+
+
+def test_selection_and_paired_statistics(report):
+    """``_evidence``: the epoch is chosen on validation (never test), the paired CI is Student's
+    t (checked by hand: t(0.975, 2) = 4.303), and an interval holding 0 says so."""
+    ev = importlib.import_module("_evidence")
+    run = {"setting": {"lr": 1}, "seed": 0,
+           "epochs": [{"epoch": 1, "val": 80.0, "test": 90.0}, {"epoch": 2, "val": 85.0, "test": 70.0},
+                      {"epoch": 3, "val": float("nan"), "test": 99.0}]}
+    c = ev.chosen(run)
+    assert (c["epoch"], c["test"], c["last"]["test"]) == (2, 70.0, 99.0)
+    other = {**run, "setting": {"lr": 2}, "epochs": [{"epoch": 1, "val": 84.0, "test": 95.0}]}
+    assert ev.select([run, other])[0] == {"lr": 1}
+    d, half, n = ev.paired({0: 3.0, 1: 4.0, 2: 5.0}, {0: 2.0, 1: 2.0, 2: 2.0})
+    assert (d, n) == (2.0, 3) and half == pytest.approx(4.3027 / 3 ** 0.5, rel=1e-4)
+    assert "no difference measured" in ev.verdict("A", "B", d, half, n)
+    assert "A ahead" in ev.verdict("A", "B", 2.0, 1.0, 3)
