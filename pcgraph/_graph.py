@@ -33,9 +33,12 @@ def to_graph(model: ModelIR) -> nx.DiGraph:
     return G
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def natural_key(name: str) -> tuple:
     """Sort key that orders ``h2`` before ``h10`` (declaration order never matters)."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
 
 
 Edge = tuple[str, str]
@@ -48,10 +51,10 @@ def energy_graph(model: ModelIR) -> nx.DiGraph:
     Unlike ``_graph.to_graph`` it never raises: duplicates collapse and edges that name undeclared
     nodes are dropped. Sorting makes every result independent of declaration order."""
     G = nx.DiGraph()
-    names = {n.name for n in model.nodes}
-    G.add_nodes_from(sorted(names, key=natural_key))
-    edges = {(e.src, e.dst) for e in model.edges if e.src in names and e.dst in names}
-    G.add_edges_from(sorted(edges, key=lambda uv: (natural_key(uv[0]), natural_key(uv[1]))))
+    key = {n.name: natural_key(n.name) for n in model.nodes}  # once a name: keys are not cheap
+    G.add_nodes_from(sorted(key, key=key.__getitem__))
+    edges = {(e.src, e.dst) for e in model.edges if e.src in key and e.dst in key}
+    G.add_edges_from(sorted(edges, key=lambda uv: (key[uv[0]], key[uv[1]])))
     return G
 
 
@@ -71,9 +74,9 @@ def find_cycles(G: nx.DiGraph) -> list[tuple[Edge, ...]]:
     """One cycle (as its edges) per strongly connected component that has one, deterministic."""
     cycles = []
     for comp in nx.strongly_connected_components(G):
-        start = _sorted(comp)[0]
-        if len(comp) == 1 and not G.has_edge(start, start):
+        if len(comp) == 1 and not G.has_edge(*comp, *comp):
             continue
+        start = _sorted(comp)[0]
         sub = G.subgraph(comp)
         cyc = nx.find_cycle(sub, source=start)
         cycles.append(tuple((u, v) for u, v, *_ in cyc))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lark import Token, Tree
+from lark import Token
 
 from . import _limits
 from ._diagnostics import Diagnostic, PcgError, did_you_mean, normalise_newlines
@@ -40,7 +40,7 @@ from ._ir import (
     TransformIR,
 )
 from ._registry import ENERGY_ARGS, LEARNED_PRECISIONS
-from ._syntax import read_source
+from ._syntax import Node, read_source
 
 __all__ = ["lower"]
 
@@ -50,9 +50,9 @@ Number = int | float
 Value = int | float | bool | str
 
 
-def _callee(val: Tree) -> str | None:
+def _callee(val: Node) -> str | None:
     """The name of ``name`` or ``name(args)`` (``None`` for anything else)."""
-    if isinstance(val, Tree) and val.data in ("var", "call"):
+    if isinstance(val, Node) and val.data in ("var", "call"):
         return str(val.children[0])
     return None
 
@@ -142,11 +142,11 @@ class _Out:
 
 
 def lower(
-    tree: Tree,
+    tree: Node,
     file: str = "<string>",
     text: str | None = None,
     *,
-    parse: Callable[[str, str], Tree] | None = None,
+    parse: Callable[[str, str], Node] | None = None,
 ) -> tuple[ModelIR, dict[str, str]]:
     """Lower a parsed file to its model. Returns ``(model, sources)``; ``sources`` holds the text
     of the file and of every included file. Raises ``PcgError`` with every problem found."""
@@ -198,15 +198,15 @@ class _Lowering:
 
     @staticmethod
     def span(file: str, x) -> Span:
-        if isinstance(x, Token):
-            return Span(file, x.line, x.column, x.end_line, x.end_column)
-        m = x.meta
-        if getattr(m, "empty", True):
-            return Span(file, 0, 0, 0, 0)
-        return Span(file, m.line, m.column, m.end_line, m.end_column)
+        if type(x) is Node:
+            lo, hi = x.lo, x.hi
+            if lo is None:
+                return Span(file, 0, 0, 0, 0)
+            return Span(file, lo.line, lo.column, hi.end_line, hi.end_column)
+        return Span(file, x.line, x.column, x.end_line, x.end_column)
 
     # ---- files ---------------------------------------------------------------------------------
-    def run(self, tree: Tree) -> ModelIR | None:
+    def run(self, tree: Node) -> ModelIR | None:
         scope = _Scope()
         ctx = _Ctx(self.file, scope)
         real = Path(self.file)
@@ -225,7 +225,7 @@ class _Lowering:
                        code="duplicate")
         return self.model(models[0], ctx)
 
-    def top_level(self, tree: Tree, ctx: _Ctx, main: bool) -> list[Tree]:
+    def top_level(self, tree: Node, ctx: _Ctx, main: bool) -> list[Node]:
         """Declarations of a file (params, blocks, includes); returns its model trees."""
         models = []
         for st in tree.children:
@@ -235,7 +235,7 @@ class _Lowering:
                 self.declaration(st, ctx, listed=main)
         return models
 
-    def declaration(self, st: Tree, ctx: _Ctx, listed: bool) -> None:
+    def declaration(self, st: Node, ctx: _Ctx, listed: bool) -> None:
         try:
             if st.data == "param_stmt":
                 self.param_stmt(st, ctx, listed=listed)
@@ -246,7 +246,7 @@ class _Lowering:
         except _Fail:
             pass
 
-    def include(self, st: Tree, ctx: _Ctx) -> None:
+    def include(self, st: Node, ctx: _Ctx) -> None:
         tok = st.children[0]
         rel = str(tok)[1:-1]
         span = self.span(ctx.file, tok)
@@ -298,7 +298,7 @@ class _Lowering:
             self.include_stack.pop()
 
     # ---- the model -----------------------------------------------------------------------------
-    def model(self, tree: Tree, file_ctx: _Ctx) -> ModelIR:
+    def model(self, tree: Node, file_ctx: _Ctx) -> ModelIR:
         name_tok, *body = tree.children
         ctx = file_ctx.child(scope=_Scope(file_ctx.scope))
         # declarations first: parameters, blocks and includes are visible to the whole body
@@ -338,7 +338,7 @@ class _Lowering:
                 pass
 
     # ---- declarations --------------------------------------------------------------------------
-    def param_stmt(self, st: Tree, ctx: _Ctx, listed: bool = False) -> None:
+    def param_stmt(self, st: Node, ctx: _Ctx, listed: bool = False) -> None:
         for d in st.children:
             name_tok, expr = d.children
             name = str(name_tok)
@@ -360,7 +360,7 @@ class _Lowering:
         if name in ("true", "false"):
             raise self.error(f"{name!r} cannot be a {what} name", span, code="bad-name", ctx=ctx)
 
-    def block_def(self, st: Tree, ctx: _Ctx) -> None:
+    def block_def(self, st: Node, ctx: _Ctx) -> None:
         name_tok, *rest = st.children
         params, body = [], []
         for c in rest:
@@ -380,16 +380,16 @@ class _Lowering:
                              code="duplicate")
         ctx.scope.blocks[name] = _Block(name, tuple(params), body, ctx.file, ctx.scope, span)
 
-    def include_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def include_stmt(self, st: Node, ctx: _Ctx) -> None:
         raise self.error("include belongs at the top of a file or of a model body",
                          self.span(ctx.file, st), code="misplaced", ctx=ctx)
 
-    def nested_block_def(self, st: Tree, ctx: _Ctx) -> None:
+    def nested_block_def(self, st: Node, ctx: _Ctx) -> None:
         raise self.error("blocks are defined at the top of a file or of a model body",
                          self.span(ctx.file, st.children[0]), code="misplaced", ctx=ctx)
 
     # ---- settings, nodes, edges, queries -------------------------------------------------------
-    def settings_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def settings_stmt(self, st: Node, ctx: _Ctx) -> None:
         if self.out.settings_span is None:
             self.out.settings_span = self.span(ctx.file, st)
         for s in st.children:
@@ -400,14 +400,14 @@ class _Lowering:
                     raise self.error(f"setting {key!r} is set twice (first at "
                                      f"{self.out.settings[key][1]})", span, code="duplicate",
                                      ctx=ctx)
-                if isinstance(val, Tree) and val.data == "call":
+                if isinstance(val, Node) and val.data == "call":
                     raise self.error(f"setting {key!r} takes a number or a name, not a call",
                                      self.span(ctx.file, val), code="bad-value", ctx=ctx)
                 self.out.settings[key] = (self.value(val, ctx), span)
             except _Fail:
                 pass
 
-    def node_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def node_stmt(self, st: Node, ctx: _Ctx) -> None:
         name_list, shape, *opts = st.children
         names = self.names(name_list, ctx)
         dims = []
@@ -444,7 +444,7 @@ class _Lowering:
                 kw["prior"] = PriorIR(kind, float(args.get("mean", 0.0)), float(args.get("std", 1.0)))
             else:  # act, init
                 v = self.value(val, ctx)
-                if not isinstance(v, str) or isinstance(val, Tree) and val.data == "string":
+                if not isinstance(v, str) or isinstance(val, Node) and val.data == "string":
                     raise self.error(f"{key} takes a name (e.g. {key} = "
                                      f"{'relu' if key == 'act' else 'mem'}), not {v!r}",
                                      self.span(ctx.file, val), code="bad-value", ctx=ctx)
@@ -452,7 +452,7 @@ class _Lowering:
         for name, span in names:
             self.out.nodes.append(NodeIR(name, tuple(dims), span=span, **kw))
 
-    def call(self, val: Tree, ctx: _Ctx, names: tuple[str, ...],
+    def call(self, val: Node, ctx: _Ctx, names: tuple[str, ...],
              names_ok: frozenset = frozenset()) -> tuple[str, dict[str, Number | str]]:
         """``gaussian`` or ``gaussian(2.0)`` / ``gaussian(precision = 2.0)`` → (kind, {arg: number});
         an argument may also be one of the identifiers ``names_ok`` (``precision = learned``)."""
@@ -485,7 +485,7 @@ class _Lowering:
                                  self.span(ctx.file, val), code="bad-value", ctx=ctx)
         return str(kind_tok), out
 
-    def edge_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def edge_stmt(self, st: Node, ctx: _Ctx) -> None:
         *chain, terms_tree = st.children
         ends = [self.endpoint(c, ctx) for c in chain[0::2]]
         arrows = [str(a) == "~>" for a in chain[1::2]]
@@ -502,12 +502,12 @@ class _Lowering:
                     e = EdgeIR(src, dst, terms, amortised=amortised, span=span)
                     (self.out.amortised if amortised else self.out.edges).append(e)
 
-    def endpoint(self, t: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
-        if isinstance(t, Tree) and t.data == "group":
+    def endpoint(self, t: Node, ctx: _Ctx) -> list[tuple[str, Span]]:
+        if isinstance(t, Node) and t.data == "group":
             return self.names(t.children[0], ctx)
         return [self.name(t, ctx)]
 
-    def term(self, t: Tree, ctx: _Ctx) -> TermIR:
+    def term(self, t: Node, ctx: _Ctx) -> TermIR:
         opts: dict[str, tuple[Value, Span]] = {}
         chain = []
         for tr in t.children:
@@ -540,12 +540,12 @@ class _Lowering:
                 fields["pre" if k == "pre" else "weight_init"] = v
         return TermIR(tuple(chain), span=self.span(ctx.file, t), **fields)
 
-    def arguments(self, args: Tree | None, ctx: _Ctx):
+    def arguments(self, args: Node | None, ctx: _Ctx):
         """Positional values and ``{name: (value, span)}`` of an argument list."""
         pos: list[Value] = []
         kws: dict[str, tuple[Value, Span]] = {}
         for a in (args.children if args is not None else ()):
-            if isinstance(a, Tree) and a.data == "kwarg":
+            if isinstance(a, Node) and a.data == "kwarg":
                 k_tok, v = a.children
                 span = self.span(ctx.file, a)
                 if str(k_tok) in kws:
@@ -559,7 +559,7 @@ class _Lowering:
                 pos.append(self.value(a, ctx))
         return pos, kws
 
-    def query_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def query_stmt(self, st: Node, ctx: _Ctx) -> None:
         name_tok, *items = st.children
         clamp, read, init, spans, partial = [], [], [], [], []
         for it in items:
@@ -581,7 +581,7 @@ class _Lowering:
                                         partial=tuple(partial)))
 
     # ---- loops and blocks ----------------------------------------------------------------------
-    def for_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def for_stmt(self, st: Node, ctx: _Ctx) -> None:
         var_tok, lo_t, hi_t, *body = st.children
         bounds = []
         for t in (lo_t, hi_t):
@@ -619,7 +619,7 @@ class _Lowering:
             scope.vars[name] = _Var(i, "loop", self.span(ctx.file, var_tok), used=True)
             self.body(body, inner_ctx.child(scope=scope))
 
-    def nest(self, ctx: _Ctx, st: Tree) -> None:
+    def nest(self, ctx: _Ctx, st: Node) -> None:
         """Refuse one more level of loops and block uses past ``max_nesting``."""
         if ctx.depth >= self.limits.max_nesting:
             kw = "for" if st.data == "for_stmt" else "use"
@@ -641,7 +641,7 @@ class _Lowering:
             except _Fail:
                 pass
 
-    def use_stmt(self, st: Tree, ctx: _Ctx) -> None:
+    def use_stmt(self, st: Node, ctx: _Ctx) -> None:
         name_tok, *args = st.children
         name = str(name_tok)
         span = self.span(ctx.file, st)
@@ -662,7 +662,7 @@ class _Lowering:
         for a in args:
             if a is None:
                 continue
-            if isinstance(a, Tree) and a.data in ("kwarg", "name_kwarg"):
+            if isinstance(a, Node) and a.data in ("kwarg", "name_kwarg"):
                 k_tok, v = a.children
                 k = str(k_tok)
                 if k not in block.params:
@@ -678,7 +678,7 @@ class _Lowering:
                 if kws:
                     raise self.error("a positional argument cannot follow keyword arguments",
                                      self.span(ctx.file, a), code="block-args", ctx=ctx)
-                pos.append(self.name(a.children[0], ctx)[0] if isinstance(a, Tree)
+                pos.append(self.name(a.children[0], ctx)[0] if isinstance(a, Node)
                            and a.data == "name_arg" else self.value(a, ctx))
         bound = dict(zip(block.params, pos))
         for k, v in kws.items():
@@ -715,12 +715,12 @@ class _Lowering:
         return f"defined at {block.span} as block {block.name}({', '.join(block.params)})"
 
     # ---- names ---------------------------------------------------------------------------------
-    def names(self, name_list: Tree, ctx: _Ctx) -> list[tuple[str, Span]]:
+    def names(self, name_list: Node, ctx: _Ctx) -> list[tuple[str, Span]]:
         return [self.name(n, ctx) for n in name_list.children]
 
     def name(self, t, ctx: _Ctx) -> tuple[str, Span]:
         """A node name: plain, a block's name argument, or interpolated (``h{i-1}``)."""
-        if isinstance(t, Tree) and t.data == "name":
+        if isinstance(t, Node) and t.data == "name":
             t = t.children[0]
         span = self.span(ctx.file, t)
         if isinstance(t, Token):
@@ -734,7 +734,7 @@ class _Lowering:
                 return var.value, span
             return name, span
         parts = []
-        for p in t.children:  # Tree('iname'): TEXT tokens and expression trees
+        for p in t.children:  # Node('iname'): TEXT tokens and expression trees
             if isinstance(p, Token):
                 parts.append(str(p))
                 continue
@@ -761,14 +761,14 @@ class _Lowering:
     def value(self, t, ctx: _Ctx) -> Value:
         """An option value: a number, a parameter's value, ``true``/``false``, a string, or else
         the identifier itself (``relu``, ``mupc``, ``same``)."""
-        if isinstance(t, Tree) and t.data == "var":
+        if isinstance(t, Node) and t.data == "var":
             name = str(t.children[0])
             var = ctx.scope.var(name)
             if var is None:
                 return {"true": True, "false": False}.get(name, name)
-        if isinstance(t, Tree) and t.data == "string":
+        if isinstance(t, Node) and t.data == "string":
             return str(t.children[0])[1:-1]
-        if isinstance(t, Tree) and t.data == "call":
+        if isinstance(t, Node) and t.data == "call":
             raise self.error("a call is not allowed here; give a number or a name",
                              self.span(ctx.file, t), code="bad-value", ctx=ctx)
         return self.eval(t, ctx, names=True)
@@ -782,7 +782,7 @@ class _Lowering:
         if t.data in ("number", "var", "string"):
             return self.leaf(t, ctx, names)
         limit = self.limits.max_expr_depth
-        todo: list[tuple[Tree, int, bool]] = [(t, 1, False)]
+        todo: list[tuple[Node, int, bool]] = [(t, 1, False)]
         values: list[Value] = []
         while todo:
             node, depth, ready = todo.pop()
@@ -803,7 +803,7 @@ class _Lowering:
                 todo.extend((c, depth + 1, False) for c in reversed(node.children))
         return values[0]
 
-    def leaf(self, t: Tree, ctx: _Ctx, names: bool) -> Value:
+    def leaf(self, t: Node, ctx: _Ctx, names: bool) -> Value:
         kind = t.data
         if kind == "number":
             return self.literal(t.children[0], ctx)
@@ -829,17 +829,21 @@ class _Lowering:
     def literal(self, tok: Token, ctx: _Ctx) -> Number:
         """A number token, read safely: bounded length, finite, integers within ``max_integer``."""
         s = str(tok)
-        span = self.span(ctx.file, tok)
-        if len(s) > self.limits.max_number_chars:
-            raise self.limit("max_number_chars", f"this number has {len(s):,} characters", span,
-                             ctx=ctx)
-        if any(c in s for c in ".eE"):
-            return self.checked(float(s), span, ctx)
+        lim = self.limits
+        if len(s) > lim.max_number_chars:
+            raise self.limit("max_number_chars", f"this number has {len(s):,} characters",
+                             self.span(ctx.file, tok), ctx=ctx)
+        if "." in s or "e" in s or "E" in s:
+            v = float(s)
+            return v if math.isfinite(v) else self.checked(v, self.span(ctx.file, tok), ctx)
+        if len(s) <= 18:  # below 10**18: within any max_integer worth having, checked cheaply
+            v = int(s)
+            return v if v <= lim.max_integer else self.checked(v, self.span(ctx.file, tok), ctx)
         digits = len(s.lstrip("0"))
-        if digits > self.limits.max_integer.bit_length() * 0.302 + 2:  # too large to convert
-            raise self.limit("max_integer", f"the integer literal has {digits:,} digits", span,
-                             ctx=ctx)
-        return self.checked(int(s), span, ctx)
+        if digits > lim.max_integer.bit_length() * 0.302 + 2:  # too large to convert
+            raise self.limit("max_integer", f"the integer literal has {digits:,} digits",
+                             self.span(ctx.file, tok), ctx=ctx)
+        return self.checked(int(s), self.span(ctx.file, tok), ctx)
 
     def checked(self, v: Number, span: Span, ctx: _Ctx) -> Number:
         if isinstance(v, float) and not math.isfinite(v):
@@ -850,14 +854,14 @@ class _Lowering:
             raise self.limit("max_integer", f"the integer {v:.6g} is too large", span, ctx=ctx)
         return v
 
-    def unary(self, kind: str, v: Value, node: Tree, ctx: _Ctx) -> Value:
+    def unary(self, kind: str, v: Value, node: Node, ctx: _Ctx) -> Value:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.error("true/false are not numbers" if isinstance(v, bool)
                              else f"{v!r} is not a number", self.span(ctx.file, node),
                              code="bad-value", ctx=ctx)
         return -v if kind == "neg" else +v
 
-    def binary(self, kind: str, a: Value, b: Value, node: Tree, ctx: _Ctx) -> Value:
+    def binary(self, kind: str, a: Value, b: Value, node: Node, ctx: _Ctx) -> Value:
         span = self.span(ctx.file, node)
         if isinstance(a, bool) or isinstance(b, bool):
             raise self.error("true/false are not numbers", span, code="bad-value", ctx=ctx)

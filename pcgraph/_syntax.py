@@ -1,9 +1,12 @@
-"""Text → lark parse tree, with every syntax error turned into a ``Diagnostic``.
+"""Text → parse tree, with every syntax error turned into a ``Diagnostic``.
 
 The grammar is ``pcg.lark``: inside the installed package (``pcgraph/grammar/pcg.lark``, mapped
 there by the wheel build) or, in a source checkout, the repository's top-level ``grammar/``.
+lark's LALR parser calls :class:`_Build` at every reduction, so no lark tree is built: each rule
+becomes a slotted :class:`Node` whose position comes from its first and last tokens (what lark's
+``propagate_positions`` computes, at a fraction of its cost in time and memory).
 Names with interpolations (``h{i-1}``) are lexed as one token; :func:`parse` parses each ``{...}``
-part as an expression and replaces the token by an ``iname`` tree (text parts and expression
+part as an expression and replaces the token by an ``iname`` node (text parts and expression
 trees), so the tree handed to ``_lower`` is complete and every position in it is exact.
 """
 
@@ -14,9 +17,10 @@ import importlib.resources
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
-from lark import Lark, Token, Tree
+from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
@@ -24,7 +28,7 @@ from . import _limits
 from ._diagnostics import Diagnostic, PcgError, normalise_newlines
 from ._ir import Span
 
-__all__ = ["parse", "grammar_path", "parser", "read_source"]
+__all__ = ["parse", "grammar_path", "parser", "read_source", "Node"]
 
 _REPO_GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "pcg.lark"
 
@@ -46,13 +50,108 @@ def grammar_path() -> str:
     )
 
 
+class Node:
+    """A rule of the parse tree: ``data`` (the rule's name) and ``children`` (nodes and tokens,
+    punctuation and keywords left out), as in a lark ``Tree``. Its position runs from the token
+    ``lo`` to the token ``hi``; ``first``/``last`` are the outermost tokens it was parsed from
+    (the parentheses around an expression; else ``lo``/``hi``), which bound its parent. ``meta``
+    is the node itself, so ``node.meta.line`` works as for a lark tree."""
+
+    __slots__ = ("data", "children", "lo", "hi", "first", "last")
+
+    def __init__(self, data: str, children: list, lo: Token | None, hi: Token | None):
+        self.data, self.children = data, children
+        self.lo = self.first = lo
+        self.hi = self.last = hi
+
+    @property
+    def meta(self) -> "Node":
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return self.lo is None
+
+    line = property(lambda self: self.lo.line)
+    column = property(lambda self: self.lo.column)
+    start_pos = property(lambda self: self.lo.start_pos)
+    end_line = property(lambda self: self.hi.end_line)
+    end_column = property(lambda self: self.hi.end_column)
+    end_pos = property(lambda self: self.hi.end_pos)
+
+    def iter_subtrees(self):
+        """Every node below and including this one, children before parents (lark's order)."""
+        queue, seen = [self], {}
+        for sub in queue:
+            seen[id(sub)] = sub
+            queue += [c for c in reversed(sub.children) if type(c) is Node and id(c) not in seen]
+        return reversed(list(seen.values()))
+
+    def find_data(self, data: str):
+        return (t for t in self.iter_subtrees() if t.data == data)
+
+    def __repr__(self) -> str:
+        return f"Node({self.data!r}, {self.children!r})"
+
+
+class _Inline:
+    """A rule lark splices into its parent (``_stmt``, repetitions): only its children count."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children: list):
+        self.children = children
+
+
+_STATE = threading.local()  # per parse: whether a name with {...} was lexed
+
+
+class _Build:
+    """lark's parse callbacks (with ``keep_all_tokens``, so that keywords and brackets still
+    bound a node's position; they are left out of its children here)."""
+
+    def __init__(self, drop: frozenset[str]):
+        self.drop = drop
+
+    def __default__(self, data, children: list, _meta):
+        if data[0] == "_":
+            return _Inline(children)
+        drop = self.drop
+        kept = [c for c in children if not (type(c) is Token and c.type in drop)]
+        if data == "atom":  # "(" expr ")": the expression, bounded by its parentheses
+            inner = kept[0]
+            inner.first, inner.last = children[0], children[-1]
+            return inner
+        lo = children[0] if children else None
+        if lo is None or type(lo) is not Token:
+            lo = next((c if type(c) is Token else c.first for c in children if c is not None),
+                      None)
+        hi = children[-1] if children else None
+        if hi is None or type(hi) is not Token:
+            hi = next((c if type(c) is Token else c.last for c in reversed(children)
+                       if c is not None), None)
+        return Node(data, kept, lo, hi)
+
+    def INAME(self, tok: Token) -> Token:  # a lexer callback (lark calls it for every INAME)
+        _STATE.inames = True
+        return tok
+
+
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
     text = Path(grammar_path()).read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, start=["start", "expr"])
+    # lark's cache (cache=True) is not used: it unpickles a file from the temporary directory
+    named = set(re.findall(r"^([A-Z_][A-Z0-9_]*)(?:\.\d+)?\s*:", text, re.M))
+    build = _Build(frozenset())
+    lark = Lark(text, parser="lalr", start=["start", "expr"], keep_all_tokens=True,
+                maybe_placeholders=True, transformer=build)
+    # keywords and punctuation: the anonymous "..." terminals, and named ones starting with _
+    build.drop = frozenset(t.name for t in lark.terminals if t.name.startswith("_")
+                           or (isinstance(t.pattern, PatternStr) and t.name not in named))
+    return lark
 
 
-def parse(text: str, file: str = "<string>") -> Tree:
+def parse(text: str, file: str = "<string>") -> Node:
     """Parse ``.pcg`` text; raise ``PcgError`` (one diagnostic, never a lark traceback).
 
     Line breaks are counted as editors count them (``\\r\\n``, ``\\r``, form feeds, Unicode
@@ -63,12 +162,14 @@ def parse(text: str, file: str = "<string>") -> Tree:
         msg, hint = _limits.exceeded("max_file_bytes", f"{file} has {len(text):,} characters")
         raise PcgError([Diagnostic("error", msg, Span(file, 1, 1, 1, 2), hint, "limit")],
                        {file: text})
+    _STATE.inames = False
     try:
         tree = parser().parse(text, start="start")
     except UnexpectedInput as e:
         raise PcgError([_diagnose(e, text, file)], {file: text}) from None
     diags: list[Diagnostic] = []
-    _expand_interpolations(tree, text, file, diags)
+    if _STATE.inames:
+        _expand_interpolations(tree, text, file, diags)
     if diags:
         raise PcgError(diags, {file: text})
     return tree
@@ -122,10 +223,10 @@ def read_source(path: str | os.PathLike, span: Span | None = None) -> str:
 _INTERP = re.compile(r"\{([^{}\n]*)\}")
 
 
-def _expand_interpolations(tree: Tree, text: str, file: str, diags: list[Diagnostic]) -> None:
+def _expand_interpolations(tree: Node, text: str, file: str, diags: list[Diagnostic]) -> None:
     for sub in tree.iter_subtrees():
         for i, child in enumerate(sub.children):
-            if isinstance(child, Token) and child.type == "INAME":
+            if type(child) is Token and child.type == "INAME":
                 try:
                     sub.children[i] = _iname(child, file)
                 except PcgError as e:
@@ -137,8 +238,8 @@ def _expand_interpolations(tree: Tree, text: str, file: str, diags: list[Diagnos
 _MAX_REPORTED = 100  # syntax errors inside names reported at most
 
 
-def _iname(tok: Token, file: str) -> Tree:
-    """``h{i-1}x`` → Tree('iname', [Token('TEXT','h'), <expr tree>, Token('TEXT','x')])."""
+def _iname(tok: Token, file: str) -> Node:
+    """``h{i-1}x`` → Node('iname', [Token('TEXT','h'), <expr tree>, Token('TEXT','x')])."""
     parts: list = []
     pos = 0
     s = str(tok)
@@ -167,15 +268,10 @@ def _iname(tok: Token, file: str) -> Tree:
         pos = m.end()
     if pos < len(s):
         parts.append(Token("TEXT", s[pos:]))
-    t = Tree("iname", parts)
-    m = t.meta
-    m.line, m.column, m.end_line, m.end_column = tok.line, tok.column, tok.end_line, tok.end_column
-    m.start_pos, m.end_pos = tok.start_pos, tok.end_pos
-    m.empty = False
-    return t
+    return Node("iname", parts, tok, tok)
 
 
-def _shifted(tree: Tree, tok: Token, col: int) -> Tree:
+def _shifted(tree: Node, tok: Token, col: int) -> Node:
     """Positions of an expression parsed on its own moved to where it sits in the name ``tok``
     (an interpolation is on one line, the name's, starting at column ``col``)."""
     dc, dp = col - 1, tok.start_pos + (col - tok.column)
@@ -187,12 +283,13 @@ def _shifted(tree: Tree, tok: Token, col: int) -> Tree:
         x.start_pos += dp
         x.end_pos += dp
 
+    tokens = {}  # a node's position is its tokens' (brackets included): move each token once
     for sub in tree.iter_subtrees():
-        if not getattr(sub.meta, "empty", True):
-            move(sub.meta)
-        for c in sub.children:
-            if isinstance(c, Token):
-                move(c)
+        for c in (*sub.children, sub.lo, sub.hi, sub.first, sub.last):
+            if type(c) is Token:
+                tokens[id(c)] = c
+    for c in tokens.values():
+        move(c)
     return tree
 
 

@@ -22,54 +22,36 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import math
 import os
-import pickle
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ._errors import Error
+from ._batches import batches as batches
+from ._batches import class_balanced_batches as class_balanced_batches
+from ._batches import eval_batches as eval_batches
+from ._batches import stratified_indices as stratified_indices
+from ._data_files import _CIFAR_TRAIN, _IDX_DTYPES, _IDX_FILES, _find_cifar, _find_idx
+from ._data_files import _open_stream, _read_cifar_batch, _read_exactly
+from ._data_files import ChecksumError as ChecksumError
+from ._data_files import DataError as DataError
+from ._data_files import DataFormatError as DataFormatError
+from ._data_files import DatasetNotFoundError as DatasetNotFoundError
+from ._data_files import DataShapeError as DataShapeError
+from ._data_files import write_idx as write_idx
+from ._download import _canonical
+from ._download import DATASETS as DATASETS
+from ._download import RESOURCES as RESOURCES
+from ._download import cache_dir as cache_dir
+from ._download import download as download
+from ._download import fetch as fetch
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "kmnist", "cifar10")
-_ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "cifar-10": "cifar10", "k-mnist": "kmnist"}
 #: Folders searched after data_dir and $PCGRAPH_DATA (tests monkeypatch this).
 SYSTEM_DIRS: dict[str, tuple[str, ...]] = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
-#: Official mirrors and checksums (MD5: 32 hex digits, SHA-256: 64). ``base_url`` or
-#: ``$PCGRAPH_DATA_URL`` replaces the mirrors: files are fetched from ``{base}/{filename}``.
-RESOURCES: dict[str, dict] = {
-    "mnist": {"mirrors": ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                          "http://yann.lecun.com/exdb/mnist/"),
-              "files": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-                        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-                        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}},
-    "fashion-mnist": {"mirrors": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-                      "files": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}},
-    "kmnist": {"mirrors": ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-               "files": {"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-                         "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-                         "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-                         "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"}},
-    "cifar10": {"mirrors": ("https://www.cs.toronto.edu/~kriz/",),
-                "files": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}},
-}
-_IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CLASSES = {
     "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                       "Sneaker", "Bag", "Ankle boot"),
@@ -77,26 +59,6 @@ _CLASSES = {
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                 "truck"),
 }
-
-
-class DataError(Error):
-    """Base class of every data problem (missing files, bad formats, checksums, shapes)."""
-
-
-class DatasetNotFoundError(DataError, FileNotFoundError):
-    """The files of a data set are nowhere on the search path; the message says how to get them."""
-
-
-class DataFormatError(DataError, ValueError):
-    """A file is not in the expected format (bad IDX magic, truncated data, ...)."""
-
-
-class ChecksumError(DataError):
-    """A downloaded file does not match its published checksum (the file is not kept)."""
-
-
-class DataShapeError(DataError, ValueError):
-    """A model node's shape does not fit the data set's samples."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,26 +124,6 @@ class Dataset:
 MAX_DATA_BYTES = 2**33
 
 
-def _open_stream(path: Path):
-    """``path`` opened for reading bytes, gunzipped if it is gzip (only regular files)."""
-    if not path.is_file():
-        raise OSError("not a regular file")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
-
-
-def _read_exactly(f, n: int) -> bytes:
-    chunks, left = [], n
-    while left > 0:
-        b = f.read(min(left, 1 << 24))
-        if not b:
-            break
-        chunks.append(b)
-        left -= len(b)
-    return b"".join(chunks)
-
-
 def read_idx(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     """Read an IDX file (raw or gzipped): magic ``0 0 dtype ndim``, big-endian int32 dims, data.
 
@@ -221,169 +163,7 @@ def read_idx(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     return np.frombuffer(buf, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as IDX (gzipped when ``path`` ends in ``.gz``); used by tests and tools."""
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
-    a = np.asarray(array)
-    code = codes[a.dtype.newbyteorder("=")]
-    data = (bytes([0, 0, code, a.ndim]) + np.asarray(a.shape, ">u4").tobytes()
-            + a.astype(np.dtype(_IDX_DTYPES[code])).tobytes())
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
-        f.write(data)
-
-
-def _find_idx(d: Path) -> dict[str, Path] | None:
-    found = {}
-    for key, stem in _IDX_FILES.items():
-        alt = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte (a common variant)
-        cands = [d / f"{s}{ext}" for s in (stem, alt) for ext in (".gz", "")]
-        hit = next((p for p in cands if p.is_file()), None)
-        if hit is None:
-            return None
-        found[key] = hit
-    return found
-
-
-def _find_cifar(d: Path) -> Path | None:
-    for root in (d / "cifar-10-batches-py", d):
-        if all((root / f).is_file() for f in _CIFAR_TRAIN + ("test_batch",)):
-            return root
-    return None
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles only what a CIFAR-10 batch holds: dicts, lists, bytes, str, ints and numpy
-    arrays. Any other global (``os.system``, ``builtins.eval``, ...) is refused, so a crafted
-    data file cannot run code."""
-
-    ALLOWED = {(m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
-               for f in ("_reconstruct", "scalar")} | {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR-10 batch "
-                                         "holds only arrays, lists, bytes and numbers)")
-        return super().find_class(module, name)
-
-
-#: Largest CIFAR-10 batch file read (a real one is about 31 MB).
-MAX_CIFAR_BATCH_BYTES = 2**28
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        if not path.is_file():
-            raise OSError("not a regular file")
-        if path.stat().st_size > MAX_CIFAR_BATCH_BYTES:
-            raise DataFormatError(f"{path}: {path.stat().st_size:,} bytes, over the "
-                                  f"{MAX_CIFAR_BATCH_BYTES:,}-byte limit of a CIFAR-10 batch")
-        with open(path, "rb") as f:
-            d = _BatchUnpickler(f, encoding="bytes").load()
-        if not isinstance(d, dict):
-            raise DataFormatError(f"{path}: not a CIFAR-10 python batch (a pickled "
-                                  f"{type(d).__name__}, not a dict)")
-        d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-        data, labels = d["data"], d["labels"]
-        if not isinstance(data, np.ndarray) or not isinstance(labels, (list, np.ndarray)):
-            raise DataFormatError(f"{path}: not a CIFAR-10 python batch ('data' must be an "
-                                  "array and 'labels' a list)")
-        x = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(labels, np.int64)
-    except DataFormatError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unpickling/shape failure is a format error
-        reason = f"{type(e).__name__}: {e}" if not isinstance(e, KeyError) else f"no key {e}"
-        raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({reason})") from None
-    if len(x) != len(y):
-        raise DataFormatError(f"{path}: {len(x)} images but {len(y)} labels")
-    return x, y
-
-
-# ------------------------------------------------------------------------------------ downloading
-def cache_dir() -> Path:
-    """Where downloads go when neither ``data_dir`` nor ``$PCGRAPH_DATA`` is given."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcgraph"
-
-
-def _checksum(path: Path, expected: str) -> str:
-    h = hashlib.md5() if len(expected) == 32 else hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fetch(url: str, dest: str | os.PathLike, checksum: str, *, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically (temp file, verify, ``os.replace``).
-
-    ``checksum`` is MD5 (32 hex digits) or SHA-256 (64). On a mismatch raises
-    :class:`ChecksumError` naming the file, the expected and the actual digest; nothing is left.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                out.write(chunk)
-        got = _checksum(Path(tmp), checksum)
-        if got != checksum.lower():
-            algo = "md5" if len(checksum) == 32 else "sha256"
-            raise ChecksumError(f"checksum mismatch for {dest.name} (from {url}): expected {algo} "
-                                f"{checksum.lower()}, got {got}; the download was discarded")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
-
-
-def download(name: str, dest: str | os.PathLike | None = None, *,
-             base_url: str | None = None) -> Path:
-    """Fetch data set ``name`` into ``dest`` (default ``$PCGRAPH_DATA/<name>`` or the cache).
-
-    Mirrors come from :data:`RESOURCES`; ``base_url`` (or ``$PCGRAPH_DATA_URL``) replaces them.
-    Files already present are kept. Returns the folder.
-    """
-    name = _canonical(name)
-    if name not in RESOURCES:
-        raise DataError(f"{name} is embedded and needs no download")
-    env = os.environ.get("PCGRAPH_DATA")
-    dest = Path(dest) if dest else (Path(env) / name if env else cache_dir() / name)
-    base = base_url or os.environ.get("PCGRAPH_DATA_URL")
-    mirrors = (base,) if base else RESOURCES[name]["mirrors"]
-    for fname, digest in RESOURCES[name]["files"].items():
-        if (dest / fname).is_file():
-            continue
-        errors = []
-        for m in mirrors:
-            url = m.rstrip("/") + "/" + fname
-            try:
-                fetch(url, dest / fname, digest)
-                break
-            except (urllib.error.URLError, OSError) as e:  # ChecksumError is not caught
-                errors.append(f"{url}: {e}")
-        else:
-            raise DataError(f"could not download {fname} for {name}:\n  " + "\n  ".join(errors))
-        if fname.endswith(".tar.gz"):
-            with tarfile.open(dest / fname) as tar:
-                for m in tar.getmembers():
-                    if m.name.startswith(("/", "..")) or ".." in Path(m.name).parts:
-                        raise DataFormatError(f"{fname}: unsafe path {m.name!r} in archive")
-                tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    return dest
-
-
 # ---------------------------------------------------------------------------------------- loading
-def _canonical(name: str) -> str:
-    key = name.lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
-    return key
-
-
 def _search_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     dirs: list[Path] = []
     if data_dir:
@@ -445,23 +225,6 @@ def _raw(name: str, data_dir, download_: bool, base_url: str | None, mmap: bool 
                                   f" pair up (expected (N, H, W) and (N,))")
     return (arrs["train_images"][:, None], arrs["train_labels"],
             arrs["test_images"][:, None], arrs["test_labels"], 255.0)
-
-
-def stratified_indices(y: np.ndarray, fraction: float, rng: np.random.Generator,
-                       *, at_least_one: bool = True) -> np.ndarray:
-    """Sorted indices of a class-stratified subset: ``round(fraction * n_c)`` of each class ``c``.
-
-    Each class is permuted by ``rng`` and its first samples taken, so for one seed a smaller
-    fraction is a subset of a larger one.
-    """
-    picked = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        k = int(round(fraction * len(idx)))
-        if at_least_one and fraction > 0:
-            k = max(k, 1)
-        picked.append(rng.permutation(idx)[:k])
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool | None = True,
@@ -555,65 +318,3 @@ def check_shape(dataset: Dataset, node_name: str, node_shape: Sequence[int],
                          f"shape {have}{hint}")
 
 
-# --------------------------------------------------------------------------------------- batching
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: int,
-            drop_last: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(x_b, y_b)`` in a permutation drawn from ``(seed, epoch)``.
-
-    With ``drop_last`` (training default) every batch has exactly ``batch_size`` rows (static
-    shapes for jit); the ragged remainder changes with the epoch. Without it the last is smaller.
-    """
-    n = len(x)
-    if len(y) != n:
-        raise ValueError(f"x has {n} rows but y has {len(y)}")
-    if batch_size <= 0 or (drop_last and batch_size > n):
-        raise ValueError(f"batch_size {batch_size} does not fit {n} examples")
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    stop = n - n % batch_size if drop_last else n
-    for i in range(0, stop, batch_size):
-        idx = perm[i:i + batch_size]
-        yield x[idx], y[idx]
-
-
-def eval_batches(x: np.ndarray, y: np.ndarray,
-                 batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(x_b, y_b, mask)`` in order, every example exactly once, all of ``batch_size`` rows.
-
-    The last batch is padded with zeros (label 0); ``mask`` (bool) marks the real rows, so
-    ``sum(mask)`` counts them and metrics are ``sum(correct * mask) / sum(mask)``.
-    """
-    n = len(x)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, not {batch_size}")
-    for i in range(0, n, batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        m = len(xb)
-        mask = np.arange(batch_size) < m
-        if m < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - m,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((batch_size - m,) + yb.shape[1:], yb.dtype)])
-        yield xb, yb, mask
-
-
-def class_balanced_batches(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, *,
-                           seed: int, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream-aligned batches: each holds ``k = batch_size // n_classes`` samples of every class.
-
-    Within a batch samples are sorted by class: sample ``j`` of class ``c`` is at row
-    ``c * k + j``, so row ``i`` always carries class ``i // k`` (the same "stream" every batch).
-    Each class is shuffled by ``(seed, epoch)``; the epoch has ``min_c(n_c) // k`` batches (the
-    smallest class bounds it; surplus samples of larger classes vary by epoch).
-    """
-    if batch_size % n_classes:
-        raise ValueError(f"class-balanced batches need batch_size to be a multiple of n_classes: "
-                         f"{batch_size} is not a multiple of {n_classes}")
-    k = batch_size // n_classes
-    rng = np.random.default_rng([seed, epoch])
-    per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(n_classes)]
-    n_batches = min(len(p) for p in per_class) // k
-    if n_batches == 0:
-        counts = {c: len(p) for c, p in enumerate(per_class)}
-        raise ValueError(f"class-balanced batches need {k} samples of each class; counts: {counts}")
-    for b in range(n_batches):
-        idx = np.concatenate([p[b * k:(b + 1) * k] for p in per_class])
-        yield x[idx], y[idx]
