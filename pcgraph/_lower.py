@@ -14,11 +14,8 @@ iteration and every block expansion opens a child scope (loop variable, block ar
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,14 +37,14 @@ from ._ir import (
     TransformIR,
 )
 from ._registry import ENERGY_ARGS, LEARNED_PRECISIONS
+from ._lower_expr import Expressions
+from ._lower_loops import LoopsAndBlocks
+from ._lower_scope import Number, Value, _Abort, _Block, _Ctx, _Fail, _Out, _Scope, _Var
 from ._syntax import Node, read_source
 
 __all__ = ["lower"]
 
 TERM_OPTIONS = ("pre", "bias", "init")  # keyword arguments that belong to the term, not the transform
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-Number = int | float
-Value = int | float | bool | str
 
 
 def _callee(val: Node) -> str | None:
@@ -55,90 +52,6 @@ def _callee(val: Node) -> str | None:
     if isinstance(val, Node) and val.data in ("var", "call"):
         return str(val.children[0])
     return None
-
-
-class _Fail(Exception):
-    """A diagnostic has been recorded; abandon the current statement."""
-
-
-class _Abort(Exception):
-    """A limit has been exceeded (and recorded): stop lowering, before more is allocated."""
-
-
-@dataclass
-class _Var:
-    value: Value
-    kind: str  # "param" | "loop" | "arg"
-    span: Span
-    listed: bool = False  # a parameter of the loaded file: reported in ModelIR.params
-    used: bool = False
-    note: str | None = None  # for a name argument: did the caller mean a parameter?
-
-
-@dataclass
-class _Block:
-    name: str
-    params: tuple[str, ...]
-    body: list
-    file: str
-    scope: "_Scope"
-    span: Span
-
-
-class _Scope:
-    def __init__(self, parent: "_Scope | None" = None):
-        self.parent = parent
-        self.vars: dict[str, _Var] = {}
-        self.blocks: dict[str, _Block] = {}
-
-    def _lookup(self, attr: str, name: str):
-        """``name`` in this scope's ``attr`` table, else in the enclosing scopes'."""
-        s = self
-        while s is not None:
-            table = getattr(s, attr)
-            if name in table:
-                return table[name]
-            s = s.parent
-        return None
-
-    def var(self, name: str) -> _Var | None:
-        return self._lookup("vars", name)
-
-    def block(self, name: str) -> _Block | None:
-        return self._lookup("blocks", name)
-
-    def visible(self, attr: str) -> list[str]:
-        out: list[str] = []
-        s = self
-        while s is not None:
-            out.extend(getattr(s, attr))
-            s = s.parent
-        return out
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    """Where statements are being expanded: the file their text lives in, the scope, and the
-    chain of ``use`` sites that led here (for hints)."""
-
-    file: str
-    scope: _Scope
-    trace: tuple[tuple[str, Span], ...] = ()
-    depth: int = 0  # for loops and block uses around these statements
-    mult: int = 1  # how many times these statements run (product of the enclosing loop sizes)
-
-    def child(self, **kw) -> "_Ctx":
-        return dataclasses.replace(self, **kw)
-
-
-@dataclass
-class _Out:
-    nodes: list[NodeIR] = field(default_factory=list)
-    edges: list[EdgeIR] = field(default_factory=list)
-    amortised: list[EdgeIR] = field(default_factory=list)
-    queries: list[QueryIR] = field(default_factory=list)
-    settings: dict[str, tuple[Value, Span]] = field(default_factory=dict)
-    settings_span: Span | None = None
 
 
 def lower(
@@ -149,7 +62,8 @@ def lower(
     parse: Callable[[str, str], Node] | None = None,
 ) -> tuple[ModelIR, dict[str, str]]:
     """Lower a parsed file to its model. Returns ``(model, sources)``; ``sources`` holds the text
-    of the file and of every included file. Raises ``PcgError`` with every problem found."""
+    of the file and of every included file. Raises ``PcgError`` with every problem found.
+    The tree is consumed: the model's statements are taken out of it as they are lowered."""
     if parse is None:
         from ._syntax import parse
     if text is not None:
@@ -166,7 +80,10 @@ def lower(
     return model, low.sources
 
 
-class _Lowering:
+class _Lowering(Expressions, LoopsAndBlocks):
+    """The lowering of one file (and its includes): statements, declarations and files here;
+    loops and block uses in ``_lower_loops``, names and expressions in ``_lower_expr``."""
+
     def __init__(self, file: str, text: str | None, parse):
         self.file = file
         self.parse = parse
@@ -300,6 +217,9 @@ class _Lowering:
     # ---- the model -----------------------------------------------------------------------------
     def model(self, tree: Node, file_ctx: _Ctx) -> ModelIR:
         name_tok, *body = tree.children
+        # the tree gives up its statements: each is dropped once lowered (blocks keep theirs), so
+        # that a large model's tree is freed while its IR grows
+        del tree.children[1:]
         ctx = file_ctx.child(scope=_Scope(file_ctx.scope))
         # declarations first: parameters, blocks and includes are visible to the whole body
         rest = []
@@ -308,7 +228,8 @@ class _Lowering:
                 self.declaration(st, ctx, listed=True)
             else:
                 rest.append(st)
-        self.statements(rest, ctx)
+        del body
+        self.statements(rest, ctx, consume=True)
         o = self.out
         settings = SettingsIR(
             tuple(sorted((k, v) for k, (v, _) in o.settings.items())),
@@ -330,8 +251,11 @@ class _Lowering:
             span=self.span(self.file, tree),
         )
 
-    def statements(self, stmts: list, ctx: _Ctx) -> None:
-        for st in stmts:
+    def statements(self, stmts: list, ctx: _Ctx, consume: bool = False) -> None:
+        """Lower ``stmts`` in order; with ``consume``, each is removed from the list once done."""
+        for i, st in enumerate(stmts):
+            if consume:
+                stmts[i] = None
             try:
                 getattr(self, st.data)(st, ctx)
             except _Fail:
@@ -579,307 +503,3 @@ class _Lowering:
         self.out.queries.append(QueryIR(str(name_tok), tuple(clamp), tuple(read), tuple(init),
                                         span=self.span(ctx.file, st), name_spans=tuple(spans),
                                         partial=tuple(partial)))
-
-    # ---- loops and blocks ----------------------------------------------------------------------
-    def for_stmt(self, st: Node, ctx: _Ctx) -> None:
-        var_tok, lo_t, hi_t, *body = st.children
-        bounds = []
-        for t in (lo_t, hi_t):
-            v = self.number(t, ctx)
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            if not isinstance(v, int):
-                raise self.error(f"loop bounds are integers; this one is {v!r}",
-                                 self.span(ctx.file, t), hint="use // for integer division",
-                                 code="bad-range", ctx=ctx)
-            bounds.append(v)
-        lo, hi = bounds
-        a, b = self.span(ctx.file, lo_t), self.span(ctx.file, hi_t)
-        rng = Span(ctx.file, a.line, a.col, b.end_line, b.end_col)
-        if hi < lo - 1:
-            raise self.error(f"range {lo}..{hi} runs backwards", rng,
-                             hint=f"ranges count up and include both ends; {lo}..{lo - 1} is empty",
-                             code="bad-range", ctx=ctx)
-        n = hi - lo + 1
-        runs = n * ctx.mult  # this loop's iterations, repeated by the loops around it
-        if runs > self.limits.max_iterations:
-            inner = f" ({n:,} times {ctx.mult:,} runs of the loops around it)" if ctx.mult > 1 else ""
-            raise self.limit("max_iterations", f"range {lo}..{hi} makes {runs:,} loop iterations"
-                             f"{inner}", rng, ctx=ctx)
-        if self.iterations + n > self.limits.max_iterations:
-            raise self.limit("max_iterations", f"range {lo}..{hi} takes the loops to "
-                             f"{self.iterations + n:,} iterations in total", rng, ctx=ctx)
-        self.nest(ctx, st)
-        name = str(var_tok)
-        self.check_free(name, self.span(ctx.file, var_tok), ctx, "loop variable")
-        inner_ctx = ctx.child(depth=ctx.depth + 1, mult=ctx.mult * max(n, 1))
-        for i in range(lo, hi + 1):
-            self.iterations += 1
-            scope = _Scope(ctx.scope)
-            scope.vars[name] = _Var(i, "loop", self.span(ctx.file, var_tok), used=True)
-            self.body(body, inner_ctx.child(scope=scope))
-
-    def nest(self, ctx: _Ctx, st: Node) -> None:
-        """Refuse one more level of loops and block uses past ``max_nesting``."""
-        if ctx.depth >= self.limits.max_nesting:
-            kw = "for" if st.data == "for_stmt" else "use"
-            at = self.span(ctx.file, st)
-            raise self.limit("max_nesting", f"this `{kw}` is nested {ctx.depth + 1} deep in loops "
-                             "and block uses", Span(at.file, at.line, at.col, at.line, at.col + 3),
-                             ctx=ctx)
-
-    def body(self, stmts: list, ctx: _Ctx) -> None:
-        """Statements of a loop or block body: local params in order, then everything else."""
-        for st in stmts:
-            try:
-                if st.data == "param_stmt":
-                    self.param_stmt(st, ctx)
-                elif st.data == "block_def":
-                    self.nested_block_def(st, ctx)
-                else:
-                    getattr(self, st.data)(st, ctx)
-            except _Fail:
-                pass
-
-    def use_stmt(self, st: Node, ctx: _Ctx) -> None:
-        name_tok, *args = st.children
-        name = str(name_tok)
-        span = self.span(ctx.file, st)
-        block = ctx.scope.block(name)
-        if block is None:
-            known = ctx.scope.visible("blocks")
-            hint = did_you_mean(name, known) or (
-                f"defined blocks: {', '.join(sorted(known))}" if known
-                else "define it with `block NAME(ARGS) { ... }` or include a file that does")
-            raise self.error(f"unknown block {name!r}", self.span(ctx.file, name_tok), hint=hint,
-                             code="unknown-block", ctx=ctx)
-        if name in self.active_blocks:
-            raise self.error(f"block {name!r} uses itself", span,
-                             hint="blocks cannot be recursive; use a for loop", code="recursion",
-                             ctx=ctx)
-        pos: list[Value] = []
-        kws: dict[str, Value] = {}
-        for a in args:
-            if a is None:
-                continue
-            if isinstance(a, Node) and a.data in ("kwarg", "name_kwarg"):
-                k_tok, v = a.children
-                k = str(k_tok)
-                if k not in block.params:
-                    raise self.error(f"block {name!r} has no parameter {k!r}",
-                                     self.span(ctx.file, a),
-                                     hint=did_you_mean(k, block.params) or self._signature(block),
-                                     code="block-args", ctx=ctx)
-                if k in kws:
-                    raise self.error(f"argument {k!r} is given twice", self.span(ctx.file, a),
-                                     code="duplicate", ctx=ctx)
-                kws[k] = self.name(v, ctx)[0] if a.data == "name_kwarg" else self.value(v, ctx)
-            else:
-                if kws:
-                    raise self.error("a positional argument cannot follow keyword arguments",
-                                     self.span(ctx.file, a), code="block-args", ctx=ctx)
-                pos.append(self.name(a.children[0], ctx)[0] if isinstance(a, Node)
-                           and a.data == "name_arg" else self.value(a, ctx))
-        bound = dict(zip(block.params, pos))
-        for k, v in kws.items():
-            if k in bound:
-                raise self.error(f"block {name!r}: {k!r} is given both by position and by name",
-                                 span, code="block-args", ctx=ctx)
-            bound[k] = v
-        if len(pos) > len(block.params) or len(bound) != len(block.params):
-            given = len(pos) + len(kws)
-            missing = [p for p in block.params if p not in bound]
-            detail = f"; missing {', '.join(missing)}" if missing and len(pos) <= len(block.params) else ""
-            raise self.error(
-                f"block {name!r} takes {len(block.params)} argument"
-                f"{'' if len(block.params) == 1 else 's'}, got {given}{detail}",
-                span, hint=self._signature(block), code="block-args", ctx=ctx)
-        scope = _Scope(block.scope)
-        known = ctx.scope.visible("vars")
-        for p in block.params:
-            v = bound[p]
-            note = None
-            if isinstance(v, str) and (close := did_you_mean(v, known)):
-                note = f"{v!r} is not a parameter; {close}"
-            scope.vars[p] = _Var(v, "arg", block.span, used=True, note=note)
-        self.nest(ctx, st)
-        self.active_blocks.append(name)
-        try:
-            self.body(block.body, _Ctx(block.file, scope, ctx.trace + ((name, span),),
-                                       ctx.depth + 1, ctx.mult))
-        finally:
-            self.active_blocks.pop()
-
-    @staticmethod
-    def _signature(block: _Block) -> str:
-        return f"defined at {block.span} as block {block.name}({', '.join(block.params)})"
-
-    # ---- names ---------------------------------------------------------------------------------
-    def names(self, name_list: Node, ctx: _Ctx) -> list[tuple[str, Span]]:
-        return [self.name(n, ctx) for n in name_list.children]
-
-    def name(self, t, ctx: _Ctx) -> tuple[str, Span]:
-        """A node name: plain, a block's name argument, or interpolated (``h{i-1}``)."""
-        if isinstance(t, Node) and t.data == "name":
-            t = t.children[0]
-        span = self.span(ctx.file, t)
-        if isinstance(t, Token):
-            name = str(t)
-            var = ctx.scope.var(name)
-            if var is not None and var.kind == "arg":
-                if not isinstance(var.value, str):
-                    raise self.error(
-                        f"block parameter {name!r} is {var.value!r} here, but a node name is "
-                        "needed", span, hint="pass a name, e.g. h1", code="bad-name", ctx=ctx)
-                return var.value, span
-            return name, span
-        parts = []
-        for p in t.children:  # Node('iname'): TEXT tokens and expression trees
-            if isinstance(p, Token):
-                parts.append(str(p))
-                continue
-            v = self.eval(p, ctx, names=True)
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise self.error(f"{{...}} in a name must give an integer or a name, not {v!r}",
-                                 self.span(ctx.file, p), code="bad-name", ctx=ctx)
-            parts.append(str(v))
-        name = "".join(parts)
-        if not _NAME_RE.match(name):
-            raise self.error(f"{name!r} is not a valid name", span,
-                             hint="names are letters, digits and _ (check for negative indices)",
-                             code="bad-name", ctx=ctx)
-        return name, span
-
-    # ---- expressions ---------------------------------------------------------------------------
-    def number(self, t, ctx: _Ctx) -> Number:
-        v = self.eval(t, ctx)
-        assert isinstance(v, (int, float))
-        return v
-
-    def value(self, t, ctx: _Ctx) -> Value:
-        """An option value: a number, a parameter's value, ``true``/``false``, a string, or else
-        the identifier itself (``relu``, ``mupc``, ``same``)."""
-        if isinstance(t, Node) and t.data == "var":
-            name = str(t.children[0])
-            var = ctx.scope.var(name)
-            if var is None:
-                return {"true": True, "false": False}.get(name, name)
-        if isinstance(t, Node) and t.data == "string":
-            return str(t.children[0])[1:-1]
-        if isinstance(t, Node) and t.data == "call":
-            raise self.error("a call is not allowed here; give a number or a name",
-                             self.span(ctx.file, t), code="bad-value", ctx=ctx)
-        return self.eval(t, ctx, names=True)
-
-    _OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%"}
-
-    def eval(self, t, ctx: _Ctx, names: bool = False) -> Value:
-        """Evaluate an expression tree to a number (or, with ``names``, a block's name argument
-        when the expression is just that argument). Iterative, so that no expression can exhaust
-        the Python stack; nesting deeper than ``max_expr_depth`` is refused."""
-        if t.data in ("number", "var", "string"):
-            return self.leaf(t, ctx, names)
-        limit = self.limits.max_expr_depth
-        todo: list[tuple[Node, int, bool]] = [(t, 1, False)]
-        values: list[Value] = []
-        while todo:
-            node, depth, ready = todo.pop()
-            kind = node.data
-            if ready:
-                if kind in ("neg", "pos"):
-                    values.append(self.unary(kind, values.pop(), node, ctx))
-                else:
-                    b = values.pop()
-                    values.append(self.binary(kind, values.pop(), b, node, ctx))
-            elif kind in ("number", "var", "string"):
-                values.append(self.leaf(node, ctx, False))
-            else:
-                if depth > limit:
-                    raise self.limit("max_expr_depth", f"this expression is nested over {limit} "
-                                     "deep", self.span(ctx.file, t), ctx=ctx)
-                todo.append((node, depth, True))
-                todo.extend((c, depth + 1, False) for c in reversed(node.children))
-        return values[0]
-
-    def leaf(self, t: Node, ctx: _Ctx, names: bool) -> Value:
-        kind = t.data
-        if kind == "number":
-            return self.literal(t.children[0], ctx)
-        if kind == "var":
-            tok = t.children[0]
-            name = str(tok)
-            var = ctx.scope.var(name)
-            if var is None:
-                known = [n for n in ctx.scope.visible("vars")]
-                hint = did_you_mean(name, known) or (
-                    "define it with `param " + name + " = ...`")
-                raise self.error(f"unknown parameter {name!r}", self.span(ctx.file, tok),
-                                 hint=hint, code="unknown-parameter", ctx=ctx)
-            var.used = True
-            if isinstance(var.value, str) and not names:
-                raise self.error(f"{name!r} is the name {var.value!r} here, not a number",
-                                 self.span(ctx.file, tok), hint=var.note, code="bad-value",
-                                 ctx=ctx)
-            return var.value
-        raise self.error("a string is not a number", self.span(ctx.file, t), code="bad-value",
-                         ctx=ctx)
-
-    def literal(self, tok: Token, ctx: _Ctx) -> Number:
-        """A number token, read safely: bounded length, finite, integers within ``max_integer``."""
-        s = str(tok)
-        lim = self.limits
-        if len(s) > lim.max_number_chars:
-            raise self.limit("max_number_chars", f"this number has {len(s):,} characters",
-                             self.span(ctx.file, tok), ctx=ctx)
-        if "." in s or "e" in s or "E" in s:
-            v = float(s)
-            return v if math.isfinite(v) else self.checked(v, self.span(ctx.file, tok), ctx)
-        if len(s) <= 18:  # below 10**18: within any max_integer worth having, checked cheaply
-            v = int(s)
-            return v if v <= lim.max_integer else self.checked(v, self.span(ctx.file, tok), ctx)
-        digits = len(s.lstrip("0"))
-        if digits > lim.max_integer.bit_length() * 0.302 + 2:  # too large to convert
-            raise self.limit("max_integer", f"the integer literal has {digits:,} digits",
-                             self.span(ctx.file, tok), ctx=ctx)
-        return self.checked(int(s), self.span(ctx.file, tok), ctx)
-
-    def checked(self, v: Number, span: Span, ctx: _Ctx) -> Number:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise self.error(f"this number is not finite ({v!r})", span,
-                             hint="numbers must be finite; check for overflow (e.g. 1e999)",
-                             code="non-finite", ctx=ctx)
-        if isinstance(v, int) and abs(v) > self.limits.max_integer:
-            raise self.limit("max_integer", f"the integer {v:.6g} is too large", span, ctx=ctx)
-        return v
-
-    def unary(self, kind: str, v: Value, node: Node, ctx: _Ctx) -> Value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.error("true/false are not numbers" if isinstance(v, bool)
-                             else f"{v!r} is not a number", self.span(ctx.file, node),
-                             code="bad-value", ctx=ctx)
-        return -v if kind == "neg" else +v
-
-    def binary(self, kind: str, a: Value, b: Value, node: Node, ctx: _Ctx) -> Value:
-        span = self.span(ctx.file, node)
-        if isinstance(a, bool) or isinstance(b, bool):
-            raise self.error("true/false are not numbers", span, code="bad-value", ctx=ctx)
-        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-            raise self.error("names are not numbers", span, code="bad-value", ctx=ctx)
-        if kind == "add":
-            return self.checked(a + b, span, ctx)
-        if kind == "sub":
-            return self.checked(a - b, span, ctx)
-        if kind == "mul":
-            return self.checked(a * b, span, ctx)
-        if b == 0:
-            raise self.error(f"division by zero in {self._OPS[kind]!r}", span,
-                             code="division-by-zero", ctx=ctx)
-        if kind == "div":  # ints stay ints when the division is exact
-            if isinstance(a, int) and isinstance(b, int) and a % b == 0:
-                return a // b
-            return self.checked(a / b, span, ctx)
-        if kind == "floordiv":
-            return self.checked(a // b, span, ctx)
-        return self.checked(a % b, span, ctx)
