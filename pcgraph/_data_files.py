@@ -34,13 +34,13 @@ class DataShapeError(DataError, ValueError):
     """A model node's shape does not fit the data set's samples."""
 
 
-_IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
               "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
-def _open_stream(path: Path):
+def open_stream(path: Path):
     """``path`` opened for reading bytes, gunzipped if it is gzip (only regular files)."""
     if not path.is_file():
         raise OSError("not a regular file")
@@ -49,7 +49,7 @@ def _open_stream(path: Path):
     return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
 
 
-def _read_exactly(f, n: int) -> bytes:
+def read_exactly(f, n: int) -> bytes:
     chunks, left = [], n
     while left > 0:
         b = f.read(min(left, 1 << 24))
@@ -62,18 +62,18 @@ def _read_exactly(f, n: int) -> bytes:
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as IDX (gzipped when ``path`` ends in ``.gz``); used by tests and tools."""
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}
     a = np.asarray(array)
     code = codes[a.dtype.newbyteorder("=")]
     data = (bytes([0, 0, code, a.ndim]) + np.asarray(a.shape, ">u4").tobytes()
-            + a.astype(np.dtype(_IDX_DTYPES[code])).tobytes())
+            + a.astype(np.dtype(IDX_DTYPES[code])).tobytes())
     with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
         f.write(data)
 
 
-def _find_idx(d: Path) -> dict[str, Path] | None:
+def find_idx(d: Path) -> dict[str, Path] | None:
     found = {}
-    for key, stem in _IDX_FILES.items():
+    for key, stem in IDX_FILES.items():
         alt = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte (a common variant)
         cands = [d / f"{s}{ext}" for s in (stem, alt) for ext in (".gz", "")]
         hit = next((p for p in cands if p.is_file()), None)
@@ -83,9 +83,9 @@ def _find_idx(d: Path) -> dict[str, Path] | None:
     return found
 
 
-def _find_cifar(d: Path) -> Path | None:
+def find_cifar(d: Path) -> Path | None:
     for root in (d / "cifar-10-batches-py", d):
-        if all((root / f).is_file() for f in _CIFAR_TRAIN + ("test_batch",)):
+        if all((root / f).is_file() for f in CIFAR_TRAIN + ("test_batch",)):
             return root
     return None
 
@@ -110,7 +110,7 @@ class _BatchUnpickler(pickle.Unpickler):
 MAX_CIFAR_BATCH_BYTES = 2**28
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         if not path.is_file():
             raise OSError("not a regular file")

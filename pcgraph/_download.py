@@ -40,7 +40,7 @@ RESOURCES: dict[str, dict] = {
 }
 
 
-def _canonical(name: str) -> str:
+def canonical(name: str) -> str:
     key = name.lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
@@ -93,7 +93,7 @@ def download(name: str, dest: str | os.PathLike | None = None, *,
     Mirrors come from :data:`RESOURCES`; ``base_url`` (or ``$PCGRAPH_DATA_URL``) replaces them.
     Files already present are kept. Returns the folder.
     """
-    name = _canonical(name)
+    name = canonical(name)
     if name not in RESOURCES:
         raise DataError(f"{name} is embedded and needs no download")
     env = os.environ.get("PCGRAPH_DATA")

@@ -39,7 +39,7 @@ from ._ir import (
 from ._registry import ENERGY_ARGS, LEARNED_PRECISIONS
 from ._lower_expr import Expressions
 from ._lower_loops import LoopsAndBlocks
-from ._lower_scope import Number, Value, _Abort, _Block, _Ctx, _Fail, _Out, _Scope, _Var
+from ._lower_scope import Number, Value, Abort, Block, Ctx, Fail, Out, Scope, Var
 from ._syntax import Node, read_source
 
 __all__ = ["lower"]
@@ -71,7 +71,7 @@ def lower(
     low = _Lowering(file, text, parse)
     try:
         model = low.run(tree)
-    except _Abort:
+    except Abort:
         model = None
     if low.diags:
         diags = sorted(dict.fromkeys(low.diags), key=lambda d: (d.span.file != file, d.span))
@@ -89,8 +89,8 @@ class _Lowering(Expressions, LoopsAndBlocks):
         self.parse = parse
         self.sources: dict[str, str] = {file: text} if text is not None else {}
         self.diags: list[Diagnostic] = []
-        self.out = _Out()
-        self.params: list[_Var] = []
+        self.out = Out()
+        self.params: list[Var] = []
         self.param_names: list[str] = []
         self.include_stack: list[Path] = []
         self.included: set[Path] = set()
@@ -98,20 +98,20 @@ class _Lowering(Expressions, LoopsAndBlocks):
         self.limits = _limits.current()
         self.iterations = 0  # loop iterations run so far, all loops together
 
-    def limit(self, name: str, what: str, span: Span, ctx: _Ctx | None = None) -> _Abort:
+    def limit(self, name: str, what: str, span: Span, ctx: Ctx | None = None) -> Abort:
         msg, hint = _limits.exceeded(name, what)
         self.error(msg, span, hint=hint, code="limit", ctx=ctx)
-        return _Abort()
+        return Abort()
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def error(self, message: str, span: Span, hint: str | None = None, code: str = "lower",
-              ctx: _Ctx | None = None) -> _Fail:
+              ctx: Ctx | None = None) -> Fail:
         if ctx is not None and ctx.trace:
             name, site = ctx.trace[-1]
             where = f"in block {name!r} used at {site}"
             hint = f"{hint} ({where})" if hint else where
         self.diags.append(Diagnostic("error", message, span, hint=hint, code=code))
-        return _Fail()
+        return Fail()
 
     @staticmethod
     def span(file: str, x) -> Span:
@@ -124,8 +124,8 @@ class _Lowering(Expressions, LoopsAndBlocks):
 
     # ---- files ---------------------------------------------------------------------------------
     def run(self, tree: Node) -> ModelIR | None:
-        scope = _Scope()
-        ctx = _Ctx(self.file, scope)
+        scope = Scope()
+        ctx = Ctx(self.file, scope)
         real = Path(self.file)
         if real.is_file():
             self.include_stack.append(real.resolve())
@@ -142,7 +142,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
                        code="duplicate")
         return self.model(models[0], ctx)
 
-    def top_level(self, tree: Node, ctx: _Ctx, main: bool) -> list[Node]:
+    def top_level(self, tree: Node, ctx: Ctx, main: bool) -> list[Node]:
         """Declarations of a file (params, blocks, includes); returns its model trees."""
         models = []
         for st in tree.children:
@@ -152,7 +152,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
                 self.declaration(st, ctx, listed=main)
         return models
 
-    def declaration(self, st: Node, ctx: _Ctx, listed: bool) -> None:
+    def declaration(self, st: Node, ctx: Ctx, listed: bool) -> None:
         try:
             if st.data == "param_stmt":
                 self.param_stmt(st, ctx, listed=listed)
@@ -160,10 +160,10 @@ class _Lowering(Expressions, LoopsAndBlocks):
                 self.block_def(st, ctx)
             elif st.data == "include_stmt":
                 self.include(st, ctx)
-        except _Fail:
+        except Fail:
             pass
 
-    def include(self, st: Node, ctx: _Ctx) -> None:
+    def include(self, st: Node, ctx: Ctx) -> None:
         tok = st.children[0]
         rel = str(tok)[1:-1]
         span = self.span(ctx.file, tok)
@@ -215,12 +215,12 @@ class _Lowering(Expressions, LoopsAndBlocks):
             self.include_stack.pop()
 
     # ---- the model -----------------------------------------------------------------------------
-    def model(self, tree: Node, file_ctx: _Ctx) -> ModelIR:
+    def model(self, tree: Node, file_ctx: Ctx) -> ModelIR:
         name_tok, *body = tree.children
         # the tree gives up its statements: each is dropped once lowered (blocks keep theirs), so
         # that a large model's tree is freed while its IR grows
         del tree.children[1:]
-        ctx = file_ctx.child(scope=_Scope(file_ctx.scope))
+        ctx = file_ctx.child(scope=Scope(file_ctx.scope))
         # declarations first: parameters, blocks and includes are visible to the whole body
         rest = []
         for st in body:
@@ -251,31 +251,31 @@ class _Lowering(Expressions, LoopsAndBlocks):
             span=self.span(self.file, tree),
         )
 
-    def statements(self, stmts: list, ctx: _Ctx, consume: bool = False) -> None:
+    def statements(self, stmts: list, ctx: Ctx, consume: bool = False) -> None:
         """Lower ``stmts`` in order; with ``consume``, each is removed from the list once done."""
         for i, st in enumerate(stmts):
             if consume:
                 stmts[i] = None
             try:
                 getattr(self, st.data)(st, ctx)
-            except _Fail:
+            except Fail:
                 pass
 
     # ---- declarations --------------------------------------------------------------------------
-    def param_stmt(self, st: Node, ctx: _Ctx, listed: bool = False) -> None:
+    def param_stmt(self, st: Node, ctx: Ctx, listed: bool = False) -> None:
         for d in st.children:
             name_tok, expr = d.children
             name = str(name_tok)
             span = self.span(ctx.file, d)
             self.check_free(name, span, ctx, "parameter")
             value = self.number(expr, ctx)
-            var = _Var(value, "param", span, listed=listed)
+            var = Var(value, "param", span, listed=listed)
             ctx.scope.vars[name] = var
             if listed and ctx.file == self.file:
                 self.params.append(var)
                 self.param_names.append(name)
 
-    def check_free(self, name: str, span: Span, ctx: _Ctx, what: str) -> None:
+    def check_free(self, name: str, span: Span, ctx: Ctx, what: str) -> None:
         old = ctx.scope.var(name)
         if old is not None:
             kind = {"param": "parameter", "loop": "loop variable", "arg": "block argument"}[old.kind]
@@ -284,7 +284,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
         if name in ("true", "false"):
             raise self.error(f"{name!r} cannot be a {what} name", span, code="bad-name", ctx=ctx)
 
-    def block_def(self, st: Node, ctx: _Ctx) -> None:
+    def block_def(self, st: Node, ctx: Ctx) -> None:
         name_tok, *rest = st.children
         params, body = [], []
         for c in rest:
@@ -302,18 +302,18 @@ class _Lowering(Expressions, LoopsAndBlocks):
         if dup:
             raise self.error(f"block {name!r} names parameter {sorted(dup)[0]!r} twice", span,
                              code="duplicate")
-        ctx.scope.blocks[name] = _Block(name, tuple(params), body, ctx.file, ctx.scope, span)
+        ctx.scope.blocks[name] = Block(name, tuple(params), body, ctx.file, ctx.scope, span)
 
-    def include_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def include_stmt(self, st: Node, ctx: Ctx) -> None:
         raise self.error("include belongs at the top of a file or of a model body",
                          self.span(ctx.file, st), code="misplaced", ctx=ctx)
 
-    def nested_block_def(self, st: Node, ctx: _Ctx) -> None:
+    def nested_block_def(self, st: Node, ctx: Ctx) -> None:
         raise self.error("blocks are defined at the top of a file or of a model body",
                          self.span(ctx.file, st.children[0]), code="misplaced", ctx=ctx)
 
     # ---- settings, nodes, edges, queries -------------------------------------------------------
-    def settings_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def settings_stmt(self, st: Node, ctx: Ctx) -> None:
         if self.out.settings_span is None:
             self.out.settings_span = self.span(ctx.file, st)
         for s in st.children:
@@ -328,10 +328,10 @@ class _Lowering(Expressions, LoopsAndBlocks):
                     raise self.error(f"setting {key!r} takes a number or a name, not a call",
                                      self.span(ctx.file, val), code="bad-value", ctx=ctx)
                 self.out.settings[key] = (self.value(val, ctx), span)
-            except _Fail:
+            except Fail:
                 pass
 
-    def node_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def node_stmt(self, st: Node, ctx: Ctx) -> None:
         name_list, shape, *opts = st.children
         names = self.names(name_list, ctx)
         dims = []
@@ -376,7 +376,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
         for name, span in names:
             self.out.nodes.append(NodeIR(name, tuple(dims), span=span, **kw))
 
-    def call(self, val: Node, ctx: _Ctx, names: tuple[str, ...],
+    def call(self, val: Node, ctx: Ctx, names: tuple[str, ...],
              names_ok: frozenset = frozenset()) -> tuple[str, dict[str, Number | str]]:
         """``gaussian`` or ``gaussian(2.0)`` / ``gaussian(precision = 2.0)`` → (kind, {arg: number});
         an argument may also be one of the identifiers ``names_ok`` (``precision = learned``)."""
@@ -409,7 +409,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
                                  self.span(ctx.file, val), code="bad-value", ctx=ctx)
         return str(kind_tok), out
 
-    def edge_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def edge_stmt(self, st: Node, ctx: Ctx) -> None:
         *chain, terms_tree = st.children
         ends = [self.endpoint(c, ctx) for c in chain[0::2]]
         arrows = [str(a) == "~>" for a in chain[1::2]]
@@ -426,12 +426,12 @@ class _Lowering(Expressions, LoopsAndBlocks):
                     e = EdgeIR(src, dst, terms, amortised=amortised, span=span)
                     (self.out.amortised if amortised else self.out.edges).append(e)
 
-    def endpoint(self, t: Node, ctx: _Ctx) -> list[tuple[str, Span]]:
+    def endpoint(self, t: Node, ctx: Ctx) -> list[tuple[str, Span]]:
         if isinstance(t, Node) and t.data == "group":
             return self.names(t.children[0], ctx)
         return [self.name(t, ctx)]
 
-    def term(self, t: Node, ctx: _Ctx) -> TermIR:
+    def term(self, t: Node, ctx: Ctx) -> TermIR:
         opts: dict[str, tuple[Value, Span]] = {}
         chain = []
         for tr in t.children:
@@ -464,7 +464,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
                 fields["pre" if k == "pre" else "weight_init"] = v
         return TermIR(tuple(chain), span=self.span(ctx.file, t), **fields)
 
-    def arguments(self, args: Node | None, ctx: _Ctx):
+    def arguments(self, args: Node | None, ctx: Ctx):
         """Positional values and ``{name: (value, span)}`` of an argument list."""
         pos: list[Value] = []
         kws: dict[str, tuple[Value, Span]] = {}
@@ -483,7 +483,7 @@ class _Lowering(Expressions, LoopsAndBlocks):
                 pos.append(self.value(a, ctx))
         return pos, kws
 
-    def query_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def query_stmt(self, st: Node, ctx: Ctx) -> None:
         name_tok, *items = st.children
         clamp, read, init, spans, partial = [], [], [], [], []
         for it in items:

@@ -11,7 +11,7 @@ from lark import Token
 
 from ._diagnostics import did_you_mean
 from ._ir import Span
-from ._lower_scope import Number, Value, _Ctx
+from ._lower_scope import Number, Value, Ctx
 from ._syntax import Node
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -22,10 +22,10 @@ class Expressions:
     ``self.limit``, ``self.span`` and ``self.limits`` are its)."""
 
     # ---- names ---------------------------------------------------------------------------------
-    def names(self, name_list: Node, ctx: _Ctx) -> list[tuple[str, Span]]:
+    def names(self, name_list: Node, ctx: Ctx) -> list[tuple[str, Span]]:
         return [self.name(n, ctx) for n in name_list.children]
 
-    def name(self, t, ctx: _Ctx) -> tuple[str, Span]:
+    def name(self, t, ctx: Ctx) -> tuple[str, Span]:
         """A node name: plain, a block's name argument, or interpolated (``h{i-1}``)."""
         if isinstance(t, Node) and t.data == "name":
             t = t.children[0]
@@ -60,12 +60,12 @@ class Expressions:
         return name, span
 
     # ---- expressions ---------------------------------------------------------------------------
-    def number(self, t, ctx: _Ctx) -> Number:
+    def number(self, t, ctx: Ctx) -> Number:
         v = self.eval(t, ctx)
         assert isinstance(v, (int, float))
         return v
 
-    def value(self, t, ctx: _Ctx) -> Value:
+    def value(self, t, ctx: Ctx) -> Value:
         """An option value: a number, a parameter's value, ``true``/``false``, a string, or else
         the identifier itself (``relu``, ``mupc``, ``same``)."""
         if isinstance(t, Node) and t.data == "var":
@@ -82,7 +82,7 @@ class Expressions:
 
     _OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%"}
 
-    def eval(self, t, ctx: _Ctx, names: bool = False) -> Value:
+    def eval(self, t, ctx: Ctx, names: bool = False) -> Value:
         """Evaluate an expression tree to a number (or, with ``names``, a block's name argument
         when the expression is just that argument). Iterative, so that no expression can exhaust
         the Python stack; nesting deeper than ``max_expr_depth`` is refused."""
@@ -110,7 +110,7 @@ class Expressions:
                 todo.extend((c, depth + 1, False) for c in reversed(node.children))
         return values[0]
 
-    def leaf(self, t: Node, ctx: _Ctx, names: bool) -> Value:
+    def leaf(self, t: Node, ctx: Ctx, names: bool) -> Value:
         kind = t.data
         if kind == "number":
             return self.literal(t.children[0], ctx)
@@ -133,7 +133,7 @@ class Expressions:
         raise self.error("a string is not a number", self.span(ctx.file, t), code="bad-value",
                          ctx=ctx)
 
-    def literal(self, tok: Token, ctx: _Ctx) -> Number:
+    def literal(self, tok: Token, ctx: Ctx) -> Number:
         """A number token, read safely: bounded length, finite, integers within ``max_integer``."""
         s = str(tok)
         lim = self.limits
@@ -152,7 +152,7 @@ class Expressions:
                              self.span(ctx.file, tok), ctx=ctx)
         return self.checked(int(s), self.span(ctx.file, tok), ctx)
 
-    def checked(self, v: Number, span: Span, ctx: _Ctx) -> Number:
+    def checked(self, v: Number, span: Span, ctx: Ctx) -> Number:
         if isinstance(v, float) and not math.isfinite(v):
             raise self.error(f"this number is not finite ({v!r})", span,
                              hint="numbers must be finite; check for overflow (e.g. 1e999)",
@@ -161,14 +161,14 @@ class Expressions:
             raise self.limit("max_integer", f"the integer {v:.6g} is too large", span, ctx=ctx)
         return v
 
-    def unary(self, kind: str, v: Value, node: Node, ctx: _Ctx) -> Value:
+    def unary(self, kind: str, v: Value, node: Node, ctx: Ctx) -> Value:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.error("true/false are not numbers" if isinstance(v, bool)
                              else f"{v!r} is not a number", self.span(ctx.file, node),
                              code="bad-value", ctx=ctx)
         return -v if kind == "neg" else +v
 
-    def binary(self, kind: str, a: Value, b: Value, node: Node, ctx: _Ctx) -> Value:
+    def binary(self, kind: str, a: Value, b: Value, node: Node, ctx: Ctx) -> Value:
         span = self.span(ctx.file, node)
         if isinstance(a, bool) or isinstance(b, bool):
             raise self.error("true/false are not numbers", span, code="bad-value", ctx=ctx)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ._diagnostics import did_you_mean
 from ._ir import Span
-from ._lower_scope import Value, _Block, _Ctx, _Fail, _Scope, _Var
+from ._lower_scope import Value, Block, Ctx, Fail, Scope, Var
 from ._syntax import Node
 
 
@@ -15,7 +15,7 @@ class LoopsAndBlocks:
     ``self.limit``, ``self.span`` and the expression methods are its)."""
 
     # ---- loops and blocks ----------------------------------------------------------------------
-    def for_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def for_stmt(self, st: Node, ctx: Ctx) -> None:
         var_tok, lo_t, hi_t, *body = st.children
         bounds = []
         for t in (lo_t, hi_t):
@@ -49,11 +49,11 @@ class LoopsAndBlocks:
         inner_ctx = ctx.child(depth=ctx.depth + 1, mult=ctx.mult * max(n, 1))
         for i in range(lo, hi + 1):
             self.iterations += 1
-            scope = _Scope(ctx.scope)
-            scope.vars[name] = _Var(i, "loop", self.span(ctx.file, var_tok), used=True)
+            scope = Scope(ctx.scope)
+            scope.vars[name] = Var(i, "loop", self.span(ctx.file, var_tok), used=True)
             self.body(body, inner_ctx.child(scope=scope))
 
-    def nest(self, ctx: _Ctx, st: Node) -> None:
+    def nest(self, ctx: Ctx, st: Node) -> None:
         """Refuse one more level of loops and block uses past ``max_nesting``."""
         if ctx.depth >= self.limits.max_nesting:
             kw = "for" if st.data == "for_stmt" else "use"
@@ -62,7 +62,7 @@ class LoopsAndBlocks:
                              "and block uses", Span(at.file, at.line, at.col, at.line, at.col + 3),
                              ctx=ctx)
 
-    def body(self, stmts: list, ctx: _Ctx) -> None:
+    def body(self, stmts: list, ctx: Ctx) -> None:
         """Statements of a loop or block body: local params in order, then everything else."""
         for st in stmts:
             try:
@@ -72,10 +72,10 @@ class LoopsAndBlocks:
                     self.nested_block_def(st, ctx)
                 else:
                     getattr(self, st.data)(st, ctx)
-            except _Fail:
+            except Fail:
                 pass
 
-    def use_stmt(self, st: Node, ctx: _Ctx) -> None:
+    def use_stmt(self, st: Node, ctx: Ctx) -> None:
         name_tok, *args = st.children
         name = str(name_tok)
         span = self.span(ctx.file, st)
@@ -128,22 +128,22 @@ class LoopsAndBlocks:
                 f"block {name!r} takes {len(block.params)} argument"
                 f"{'' if len(block.params) == 1 else 's'}, got {given}{detail}",
                 span, hint=self._signature(block), code="block-args", ctx=ctx)
-        scope = _Scope(block.scope)
+        scope = Scope(block.scope)
         known = ctx.scope.visible("vars")
         for p in block.params:
             v = bound[p]
             note = None
             if isinstance(v, str) and (close := did_you_mean(v, known)):
                 note = f"{v!r} is not a parameter; {close}"
-            scope.vars[p] = _Var(v, "arg", block.span, used=True, note=note)
+            scope.vars[p] = Var(v, "arg", block.span, used=True, note=note)
         self.nest(ctx, st)
         self.active_blocks.append(name)
         try:
-            self.body(block.body, _Ctx(block.file, scope, ctx.trace + ((name, span),),
+            self.body(block.body, Ctx(block.file, scope, ctx.trace + ((name, span),),
                                        ctx.depth + 1, ctx.mult))
         finally:
             self.active_blocks.pop()
 
     @staticmethod
-    def _signature(block: _Block) -> str:
+    def _signature(block: Block) -> str:
         return f"defined at {block.span} as block {block.name}({', '.join(block.params)})"

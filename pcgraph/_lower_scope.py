@@ -1,27 +1,30 @@
 """The state of lowering (``_lower``): lexical scopes of parameters, loop variables, block
-arguments and blocks; where statements are being expanded (``_Ctx``); the IR collected so far."""
+arguments and blocks; where statements are being expanded (``Ctx``); the IR collected so far."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
+from ._errors import Error
 from ._ir import EdgeIR, NodeIR, QueryIR, Span
 
 Number = int | float
 Value = int | float | bool | str
 
 
-class _Fail(Exception):
-    """A diagnostic has been recorded; abandon the current statement."""
+class Fail(Error):
+    """A diagnostic has been recorded; abandon the current statement (a signal inside
+    lowering: it never leaves ``_lower.lower``)."""
 
 
-class _Abort(Exception):
-    """A limit has been exceeded (and recorded): stop lowering, before more is allocated."""
+class Abort(Error):
+    """A limit has been exceeded (and recorded): stop lowering, before more is allocated (a
+    signal inside lowering: it never leaves ``_lower.lower``)."""
 
 
 @dataclass
-class _Var:
+class Var:
     value: Value
     kind: str  # "param" | "loop" | "arg"
     span: Span
@@ -31,20 +34,20 @@ class _Var:
 
 
 @dataclass
-class _Block:
+class Block:
     name: str
     params: tuple[str, ...]
     body: list
     file: str
-    scope: "_Scope"
+    scope: "Scope"
     span: Span
 
 
-class _Scope:
-    def __init__(self, parent: "_Scope | None" = None):
+class Scope:
+    def __init__(self, parent: "Scope | None" = None):
         self.parent = parent
-        self.vars: dict[str, _Var] = {}
-        self.blocks: dict[str, _Block] = {}
+        self.vars: dict[str, Var] = {}
+        self.blocks: dict[str, Block] = {}
 
     def _lookup(self, attr: str, name: str):
         """``name`` in this scope's ``attr`` table, else in the enclosing scopes'."""
@@ -56,10 +59,10 @@ class _Scope:
             s = s.parent
         return None
 
-    def var(self, name: str) -> _Var | None:
+    def var(self, name: str) -> Var | None:
         return self._lookup("vars", name)
 
-    def block(self, name: str) -> _Block | None:
+    def block(self, name: str) -> Block | None:
         return self._lookup("blocks", name)
 
     def visible(self, attr: str) -> list[str]:
@@ -72,22 +75,22 @@ class _Scope:
 
 
 @dataclass(frozen=True)
-class _Ctx:
+class Ctx:
     """Where statements are being expanded: the file their text lives in, the scope, and the
     chain of ``use`` sites that led here (for hints)."""
 
     file: str
-    scope: _Scope
+    scope: Scope
     trace: tuple[tuple[str, Span], ...] = ()
     depth: int = 0  # for loops and block uses around these statements
     mult: int = 1  # how many times these statements run (product of the enclosing loop sizes)
 
-    def child(self, **kw) -> "_Ctx":
+    def child(self, **kw) -> "Ctx":
         return dataclasses.replace(self, **kw)
 
 
 @dataclass
-class _Out:
+class Out:
     nodes: list[NodeIR] = field(default_factory=list)
     edges: list[EdgeIR] = field(default_factory=list)
     amortised: list[EdgeIR] = field(default_factory=list)

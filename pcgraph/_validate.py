@@ -33,7 +33,7 @@ from ._registry import (
     WEIGHT_INITS,
 )
 from ._shapes import TRANSFORM_ARGS, TRANSFORMS, ShapeError, param_shapes, resolve_chain
-from ._validate_queries import QueryRules, _edge, _first
+from ._validate_queries import QueryRules, edge_label, first_at
 from ._validate_queries import override_diagnostics as override_diagnostics
 
 # allowed values of string settings (the registry's); other settings are typed by their default
@@ -142,7 +142,7 @@ class _Validator(QueryRules):
             if first is not n:
                 self.error(
                     "duplicate-node",
-                    f"node {n.name!r} is declared twice{_first(first.span)}",
+                    f"node {n.name!r} is declared twice{first_at(first.span)}",
                     self.locate(n.span, n.name, self._nth_decl(i)),
                     "rename one of them or delete the second declaration",
                 )
@@ -207,10 +207,10 @@ class _Validator(QueryRules):
             ok = True
             for end in dict.fromkeys((e.src, e.dst)):
                 if end not in self.nodes:
-                    self.undefined(end, f"{_edge(e)}", self.locate(e.span, end))
+                    self.undefined(end, f"{edge_label(e)}", self.locate(e.span, end))
                     ok = False
             if e.src == e.dst:
-                self.error("self-loop", f"{_edge(e)} connects node {e.src!r} to itself",
+                self.error("self-loop", f"{edge_label(e)} connects node {e.src!r} to itself",
                            e.span, "a node cannot predict itself; remove the edge or add an "
                            "intermediate node")
                 ok = False
@@ -218,7 +218,7 @@ class _Validator(QueryRules):
                 first = seen[(e.src, e.dst)]
                 self.error(
                     "duplicate-edge",
-                    f"{_edge(e)} is declared twice{_first(first.span)}",
+                    f"{edge_label(e)} is declared twice{first_at(first.span)}",
                     e.span,
                     f"write one edge and sum its terms with `+`: "
                     f"`{e.src} {arrow} {e.dst} : dense + identity`",
@@ -226,23 +226,23 @@ class _Validator(QueryRules):
             else:
                 seen[(e.src, e.dst)] = e
             if not e.terms:
-                self.error("empty-edge", f"{_edge(e)} has no transform", e.span,
+                self.error("empty-edge", f"{edge_label(e)} has no transform", e.span,
                            f"give it one: `{e.src} {arrow} {e.dst} : dense`")
             for term in e.terms:
                 self.check_term(e, term, ok)
 
     def check_term(self, e: EdgeIR, term: TermIR, names_ok: bool) -> None:
         span = term.span if term.span.line > 0 else e.span
-        self.choice("unknown-activation", f"{_edge(e)}: pre-activation", term.pre,
+        self.choice("unknown-activation", f"{edge_label(e)}: pre-activation", term.pre,
                     ACTIVATIONS, span)
-        self.choice("unknown-weight-init", f"{_edge(e)}: weight init", term.weight_init,
+        self.choice("unknown-weight-init", f"{edge_label(e)}: weight init", term.weight_init,
                     WEIGHT_INITS, span)
         known = True
         for t in term.chain:
             tspan = t.span if t.span.line > 0 else span
             if t.kind not in TRANSFORMS:
                 hint = did_you_mean(t.kind, TRANSFORMS) or "one of: " + ", ".join(sorted(TRANSFORMS))
-                self.error("unknown-transform", f"{_edge(e)}: unknown transform {t.kind!r}",
+                self.error("unknown-transform", f"{edge_label(e)}: unknown transform {t.kind!r}",
                            self.locate(tspan, t.kind), hint)
                 known = False
                 continue
@@ -251,11 +251,11 @@ class _Validator(QueryRules):
                 if k not in allowed:
                     hint = (did_you_mean(k, allowed) if allowed else None) or (
                         f"{t.kind} takes " + (", ".join(allowed) if allowed else "no arguments"))
-                    self.error("unknown-argument", f"{_edge(e)}: {t.kind} has no argument {k!r}",
+                    self.error("unknown-argument", f"{edge_label(e)}: {t.kind} has no argument {k!r}",
                                self.locate(tspan, k), hint)
                     known = False
             if len(t.posargs) > len(allowed):
-                self.error("too-many-arguments", f"{_edge(e)}: {t.kind} takes at most "
+                self.error("too-many-arguments", f"{edge_label(e)}: {t.kind} takes at most "
                            f"{len(allowed)} positional argument(s), got {len(t.posargs)}", tspan,
                            f"{t.kind} takes " + (", ".join(allowed) if allowed else "no arguments"))
                 known = False
@@ -270,12 +270,12 @@ class _Validator(QueryRules):
             where = t.span if t is not None and t.span.line > 0 else span
             self.error(
                 "shape-mismatch",
-                f"{_edge(e)} (from {list(src.shape)} to {list(dst.shape)}): {err}",
+                f"{edge_label(e)} (from {list(src.shape)} to {list(dst.shape)}): {err}",
                 where,
                 err.hint or "check the node shapes and the transforms' out= sizes",
             )
         except Exception as err:  # a malformed argument the shape rules did not anticipate
-            self.error("shape-mismatch", f"{_edge(e)}: {err}", span)
+            self.error("shape-mismatch", f"{edge_label(e)}: {err}", span)
 
     def count_params(self, e: EdgeIR, steps, bias: bool) -> None:
         """Add the parameters of a term; the edge that takes the model over ``max_params`` is
@@ -286,7 +286,7 @@ class _Validator(QueryRules):
         limit = self.limits.max_params
         if before <= limit < self.n_params:
             msg, hint = _limits.exceeded(
-                "max_params", f"{_edge(e)} takes the model to {self.n_params:,} parameters")
+                "max_params", f"{edge_label(e)} takes the model to {self.n_params:,} parameters")
             self.error("limit", msg, e.span, hint)
 
     def check_energy_structure(self) -> None:

@@ -56,7 +56,7 @@ class QueryRules:
         for q in self.m.queries:
             if q.name in seen:
                 self.error("duplicate-query", f"query {q.name!r} is declared "
-                           f"twice{_first(seen[q.name].span)}", self.locate(q.span, q.name),
+                           f"twice{first_at(seen[q.name].span)}", self.locate(q.span, q.name),
                            "rename one of them")
             else:
                 seen[q.name] = q
@@ -147,14 +147,14 @@ class QueryRules:
         targets = {a.dst for a in self.m.amortised}
         for e in self.m.amortised:
             if e.dst in self.nodes and all(e.dst in q.clamp for q in self.m.queries):
-                self.warn("amortised-never-used", f"{_edge(e)} targets node "
+                self.warn("amortised-never-used", f"{edge_label(e)} targets node "
                           f"{e.dst!r}, which every query clamps, so it never initialises anything",
                           e.span, "point it at a node that some query leaves free, or remove it")
             chained = e.src in targets  # img ~> h ~> z
             if e.dst in self.nodes and e.src in self.nodes and not chained and not any(
                 e.src in q.clamp for q in self.m.queries
             ):
-                self.warn("amortised-unclamped-source", f"{_edge(e)}: no query "
+                self.warn("amortised-unclamped-source", f"{edge_label(e)}: no query "
                           f"clamps its source {e.src!r}", e.span,
                           "an amortised initialiser reads data; start it at a clamped node")
 
@@ -196,14 +196,14 @@ class QueryRules:
                                            d.code))
 
 
-def _edge(e: EdgeIR) -> str:
+def edge_label(e: EdgeIR) -> str:
     """``edge x -> h`` / ``amortised edge x ~> z``."""
     if e.amortised:
         return f"amortised edge {e.src} ~> {e.dst}"
     return f"edge {e.src} -> {e.dst}"
 
 
-def _first(span: Span) -> str:
+def first_at(span: Span) -> str:
     return f" (first at line {span.line})" if span.line > 0 else ""
 
 

@@ -35,15 +35,15 @@ from ._batches import batches as batches
 from ._batches import class_balanced_batches as class_balanced_batches
 from ._batches import eval_batches as eval_batches
 from ._batches import stratified_indices as stratified_indices
-from ._data_files import _CIFAR_TRAIN, _IDX_DTYPES, _IDX_FILES, _find_cifar, _find_idx
-from ._data_files import _open_stream, _read_cifar_batch, _read_exactly
+from ._data_files import CIFAR_TRAIN, IDX_DTYPES, IDX_FILES, find_cifar, find_idx
+from ._data_files import open_stream, read_cifar_batch, read_exactly
 from ._data_files import ChecksumError as ChecksumError
 from ._data_files import DataError as DataError
 from ._data_files import DataFormatError as DataFormatError
 from ._data_files import DatasetNotFoundError as DatasetNotFoundError
 from ._data_files import DataShapeError as DataShapeError
 from ._data_files import write_idx as write_idx
-from ._download import _canonical
+from ._download import canonical
 from ._download import DATASETS as DATASETS
 from ._download import RESOURCES as RESOURCES
 from ._download import cache_dir as cache_dir
@@ -132,14 +132,14 @@ def read_idx(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
     ``mmap``: a raw (not gzipped) file is memory-mapped (``np.memmap``), read only where indexed."""
     path = Path(path)
     try:
-        with _open_stream(path) as f:
+        with open_stream(path) as f:
             mapped = mmap and not isinstance(f, gzip.GzipFile)
             head = f.read(4)
-            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
                 raise DataFormatError(
                     f"{path}: not an IDX file (bad magic number {head[:4].hex() or 'empty'};"
                     f" expected 00 00 <dtype 08/09/0b/0c/0d/0e> <ndim>)")
-            dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+            dtype, ndim = np.dtype(IDX_DTYPES[head[2]]), head[3]
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) < 4 * ndim:
                 raise DataFormatError(f"{path}: truncated IDX header ({ndim} dimensions, "
@@ -152,7 +152,7 @@ def read_idx(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
                                       f" over the {MAX_DATA_BYTES:,}-byte limit (data.MAX_DATA_BYTES)")
             if mapped and path.stat().st_size == header + size:
                 return np.memmap(path, dtype, "r", offset=header, shape=dims)
-            buf = _read_exactly(f, size + 1)
+            buf = read_exactly(f, size + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataFormatError(f"{path}: cannot read ({e})") from e
     if len(buf) != size:
@@ -181,7 +181,7 @@ def _not_found(name: str, dirs: list[Path]) -> DatasetNotFoundError:
         layout = ("DIR/cifar-10-batches-py/{data_batch_1..data_batch_5,test_batch} "
                   "(or those files directly in DIR)")
     else:
-        layout = "DIR/{" + ",".join(_IDX_FILES.values()) + "} (each raw or .gz)"
+        layout = "DIR/{" + ",".join(IDX_FILES.values()) + "} (each raw or .gz)"
     how = f"expected layout: {layout}; pass --data-dir DIR (data_dir=DIR) or set PCGRAPH_DATA"
     if name == "fashion-mnist":
         how = ("get it with `apt-get install -y dataset-fashion-mnist` (puts files in "
@@ -204,7 +204,7 @@ def _raw(name: str, data_dir, download_: bool, base_url: str | None, mmap: bool 
                                               random_state=0)  # fixed test set for every seed
         return xtr, ytr, xte, yte, 16.0
     dirs = _search_dirs(name, data_dir)
-    finder = _find_cifar if name == "cifar10" else _find_idx
+    finder = find_cifar if name == "cifar10" else find_idx
     hit = next(((d, f) for d in dirs if (f := finder(d)) is not None), None)
     if hit is None and download_:
         dest = download(name, data_dir, base_url=base_url)
@@ -213,8 +213,8 @@ def _raw(name: str, data_dir, download_: bool, base_url: str | None, mmap: bool 
         raise _not_found(name, dirs)
     found = hit[1]
     if name == "cifar10":
-        parts = [_read_cifar_batch(found / f) for f in _CIFAR_TRAIN]
-        xte, yte = _read_cifar_batch(found / "test_batch")
+        parts = [read_cifar_batch(found / f) for f in CIFAR_TRAIN]
+        xte, yte = read_cifar_batch(found / "test_batch")
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                 xte, yte, 255.0)
     arrs = {k: read_idx(p, mmap=mmap and k.endswith("images")) for k, p in found.items()}
@@ -246,7 +246,7 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, flatten: bool 
     mmap : images of raw (not gzipped) IDX files stay on disk (``pcgraph._rows.Rows``) and each
         row is read when a batch asks for it (several processes: each reads its own rows).
     """
-    name = _canonical(name)
+    name = canonical(name)
     if normalize not in ("standardize", "unit"):
         raise ValueError(f"normalize must be 'standardize' or 'unit', not {normalize!r}")
     if not 0.0 < fraction <= 1.0 or not 0.0 <= val_fraction < 1.0:
