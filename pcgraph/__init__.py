@@ -83,6 +83,8 @@ if TYPE_CHECKING:  # the engine (imports JAX): loaded on first use by __getattr_
     from ._fit import fit as fit
     from ._fit import fresh_carry as fresh_carry
     from ._precision import precision_optimizer as precision_optimizer
+    from ._discrete import ClassResult as ClassResult
+    from ._discrete import relax_classes as relax_classes
     from ._infer import InferResult as InferResult
     from ._infer import infer as infer
     from ._infer import relax as relax
@@ -143,6 +145,8 @@ _LAZY = {
     "fit": "._fit",
     "fresh_carry": "._fit",
     "precision_optimizer": "._precision",
+    "ClassResult": "._discrete",
+    "relax_classes": "._discrete",
     "InferResult": "._infer",
     "infer": "._infer",
     "relax": "._infer",

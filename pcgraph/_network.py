@@ -212,14 +212,35 @@ class Network(eqx.Module):
         return eqx.tree_at(lambda net: net.params, self, tuple(new))
 
     def named_params(self) -> dict[str, tuple[dict[str, jax.Array], ...]]:
-        """``{term name: per-transform parameter dicts}``: independent of the stacking layout."""
-        return {n: self.term_params(n) for n in self.term_names()}
+        """``{term name: per-transform parameter dicts}``, and for each node whose precision is
+        learned ``{node: ({"log_precision": array},)}`` (a scalar, or the node's shape):
+        independent of the stacking layout."""
+        out = {n: self.term_params(n) for n in self.term_names()}
+        for g, lp in zip(self.plan.groups, self.precisions):
+            if lp is not None:
+                out.update({n: ({"log_precision": lp[i]},) for i, n in enumerate(g.names)})
+        return out
+
+    def _precision_nodes(self) -> tuple[str, ...]:
+        return tuple(n for g, lp in zip(self.plan.groups, self.precisions) if lp is not None
+                     for n in g.names)
 
     def load_named_params(self, named: Mapping[str, Sequence[Mapping[str, Any]]]) -> "Network":
-        """A copy with every term's parameters taken from ``named`` (see :meth:`named_params`)."""
-        missing = set(self.term_names()) - set(named)
+        """A copy with every term's parameters (and learned log-precisions) taken from ``named``
+        (see :meth:`named_params`)."""
+        missing = (set(self.term_names()) | set(self._precision_nodes())) - set(named)
         if missing:
-            raise KeyError(f"missing parameters for terms: {', '.join(sorted(missing))}")
+            raise KeyError(f"missing parameters for terms or learned precisions: "
+                           f"{', '.join(sorted(missing))}")
+        net = self._load_named_terms(named)
+        if not self._precision_nodes():
+            return net
+        lps = tuple(None if lp is None else jnp.stack(
+            [jnp.asarray(named[n][0]["log_precision"], lp.dtype) for n in g.names]).reshape(lp.shape)
+            for g, lp in zip(self.plan.groups, self.precisions))
+        return eqx.tree_at(lambda nt: nt.precisions, net, lps)
+
+    def _load_named_terms(self, named) -> "Network":
         new = []
         for k, tg in enumerate(self.plan.terms):
             steps = []

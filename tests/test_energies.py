@@ -218,3 +218,28 @@ def test_language_errors(old, new, code, msg):
     assert msg in str(err.value)
     if code:
         assert code in {d.code for d in err.value.diagnostics}
+
+
+def test_named_params_carry_the_learned_precisions():
+    """``named_params`` holds each learned log-precision by node name, whatever the stacking, and
+    ``load_named_params`` restores them (and asks for them)."""
+    m = b.model("np", [b.node("z", 3), b.node("x1", 3, precision="learned_diagonal"),
+                       b.node("x2", 3, precision="learned"), b.node("x3", 3, precision="learned"),
+                       b.node("y", 3)],
+                [b.edge("z", "x1"), b.edge("z", "x2"), b.edge("z", "x3"), b.edge("z", "y")],
+                [b.query("q", ("x1", "x2", "x3", "y"))])
+    src = build(m, seed=0, stack=True)
+    pl = [None if lp is None else _rand(i, lp.shape) for i, lp in enumerate(src.precisions)]
+    src = eqx.tree_at(lambda n: n.precisions, src, tuple(pl))
+    named = src.named_params()
+    want = {n: np.log(np.asarray(p)) for n, p in src.learned_precisions().items()}
+    assert set(want) == {"x1", "x2", "x3"} and set(want) <= set(named)
+    assert named["x1"][0]["log_precision"].shape == (3,) and named["x2"][0]["log_precision"].shape == ()
+    for n, v in want.items():
+        np.testing.assert_allclose(named[n][0]["log_precision"], v, rtol=1e-6)
+    dst = build(m, seed=1, stack=False).load_named_params(named)
+    for n, v in want.items():
+        np.testing.assert_allclose(np.log(np.asarray(dst.learned_precisions()[n])), v, rtol=1e-6)
+    np.testing.assert_array_equal(dst.term_params("z->y")[0]["W"], src.term_params("z->y")[0]["W"])
+    with pytest.raises(KeyError, match="x2"):
+        build(m).load_named_params({k: v for k, v in named.items() if k != "x2"})
