@@ -97,11 +97,28 @@ def check_arrays(net, arrays: Mapping[str, Any], what: str = "data") -> dict[str
 def clamped_arrays(net, arrays: Mapping[str, Any], query: str, what: str) -> dict:
     """The arrays of the nodes ``query`` clamps (an error naming those missing)."""
     q = net.plan.query(query)
-    missing = [n for n in q.clamp if n not in arrays]
+    need = (*q.clamp, *(n for n, _ in q.partial))
+    missing = [n for n in need if n not in arrays]
     if missing:
         raise _data.DataShapeError(f"query {query!r} clamps {', '.join(missing)} but the {what} "
                                    "has no array for it")
-    return {n: arrays[n] for n in q.clamp}
+    return {n: arrays[n] for n in need}
+
+
+def mask_arrays(net, data: Mapping[str, Any], query: str, what: str) -> dict:
+    """The element masks of the nodes ``query`` clamps partly (``clamp img where mask``), each
+    checked against its node's data (an error naming those missing or misshapen)."""
+    out = {}
+    for n, m in net.plan.query(query).partial:
+        if m not in data:
+            raise _data.DataShapeError(f"query {query!r} clamps {n!r} where {m!r} but the {what} "
+                                       f"has no {m!r} array (1 = observed, 0 = missing)")
+        a = np.asarray(data[m])
+        if n in data and a.shape != np.shape(data[n]):
+            raise _data.DataShapeError(f"the mask {m!r} of node {n!r} has shape {a.shape}; it "
+                                       f"must have the node's data shape {np.shape(data[n])}")
+        out[m] = a
+    return out
 
 
 @dataclass(frozen=True)
@@ -120,9 +137,11 @@ class TrainData:
             ds = prepare_dataset(net, data, binding)
             return cls(len(ds.x_train), ds, binding)
         if isinstance(data, Mapping):
-            arrays = clamped_arrays(net, check_arrays(net, data, "training data"), query,
+            masks = mask_arrays(net, data, query, "training data")
+            nodes = {k: v for k, v in data.items() if k not in masks}
+            arrays = clamped_arrays(net, check_arrays(net, nodes, "training data"), query,
                                     "training data")
-            return cls(len(next(iter(arrays.values()))), arrays=arrays)
+            return cls(len(next(iter(arrays.values()))), arrays={**arrays, **masks})
         raise TypeError(f"data must be a pcgraph.data.Dataset or a {{node: array}} dict, "
                         f"not {type(data).__name__}")
 

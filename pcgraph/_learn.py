@@ -34,7 +34,16 @@ from ._config import GradientDescent, Inference, Initialisation, resolve_config,
 from ._cost import step_cost
 from ._custom_types import Batch
 from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
-from ._infer import clamp_data, condition_grads, energy_grad_fn, infer, merge_free, reimpose
+from ._infer import (
+    clamp_data,
+    condition_grads,
+    energy_grad_fn,
+    impose_observed,
+    infer,
+    merge_free,
+    observed_masks,
+    reimpose,
+)
 from ._init import InitError, make_initialiser
 from ._network import Network
 from ._query import QueryPlan, compile_query
@@ -47,6 +56,16 @@ def _no_partial(q: QueryPlan, what: str) -> None:
         raise ValueError(f"query {q.name!r} clamps {n!r} where {m!r} (a partial observation); "
                          f"such a query is not {what}: answer it with pcgraph.relax(net, "
                          f"{q.name!r}, {{{n!r}: values, {m!r}: mask}})")
+
+
+def _targets(q: QueryPlan):
+    """The energy terms of the output loss: clamped nodes', and partly clamped nodes' (their
+    observed elements, with the masks)."""
+    if not q.partial:
+        return q.clamped_targets
+    part = {n for n, _ in q.partial}
+    return tuple(tuple(c and (k or n in part) for c, k, n in zip(cs, ks, names))
+                 for cs, ks, names in zip(q.counts, q.clamped, q.layout))
 
 
 def _params(net: Network):
@@ -155,7 +174,8 @@ def make_train_step(
         raise ValueError(f"unknown method {method!r}; known: {', '.join(ALGORITHMS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    _no_partial(q, "trained on")
+    if method != "pc":  # pc trains on partial observations (masked elements are free)
+        _no_partial(q, f"trained on by method {method!r} (method 'pc' is)")
     inference, init, wopt = _defaults(net, inference, init, weight_optimizer)
     L = net.plan.longest_path
     if method == "bp":
@@ -200,27 +220,35 @@ def _init_acts(q: QueryPlan, inference: Inference, initer):
         carry = initer.prepare(net_, h, carry, lambda hh: infer(net_, q, hh, ref).h)
         return h, initer(net_, h, carry, key), carry
 
+    if q.partial:  # observed elements of partly clamped nodes held at the data
+        plain = init_acts
+
+        def init_acts(net_, batch, key, carry):
+            h, h0, carry = plain(net_, batch, key, carry)
+            return h, impose_observed(q, h0, h, observed_masks(net_, q, batch, h[0].dtype)), carry
+
     return init_acts
 
 
 def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energies: bool):
     """initialise → infer → stop_gradient → ∂F/∂θ at the relaxed activities → optax update."""
     init_acts = _init_acts(q, inference, initer)
-    q_out = q.with_counts(q.clamped_targets)
+    q_out = q.with_counts(_targets(q))
     scanned = isinstance(inference, GradientDescent) and inference.steps > 0 and q.free_groups
 
     def pc_step(net_, opt_state, batch, key, carry):
         h, h0, carry = init_acts(net_, batch, key, carry)
-        res = infer(net_, q, h0, inference)
+        obs = observed_masks(net_, q, batch, h[0].dtype)  # None without partial observations
+        res = infer(net_, q, h0, inference, observed=obs)
         hs = jax.lax.stop_gradient(res.h)
-        F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q))(net_)
-        F0 = res.energies[0] if scanned else energy(net_, h0, q)
+        F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q, obs))(net_)
+        F0 = res.energies[0] if scanned else energy(net_, h0, q, obs)
         carry, init_loss = initer.update(net_, carry, h, hs)
         metrics = {
             "energy_start": F0,
             "energy_end": F_end,
-            "loss": energy(net_, h0, q_out),
-            "loss_end": energy(net_, hs, q_out),
+            "loss": energy(net_, h0, q_out, obs),
+            "loss_end": energy(net_, hs, q_out, obs),
             "steps": res.steps,
             "init_loss": init_loss,
         }

@@ -13,13 +13,16 @@ from pcgraph import (
     build,
     compile_query,
     energy,
+    fit,
     format_model,
     load,
+    make_eval_step,
     make_train_step,
     query_feasibility,
     relax,
 )
 from pcgraph._infer import clamp_data, observed_masks
+from pcgraph.data import DataShapeError
 
 
 def _gd(steps):
@@ -111,8 +114,57 @@ def test_mask_errors():
         relax(net, "inpaint", {"img": np.zeros((2, 8))})
     with pytest.raises(ValueError, match=r"the mask of node 'img' has shape \(2, 7\)"):
         relax(net, "inpaint", {"img": np.zeros((2, 8)), "mask": np.ones((2, 7))})
-    with pytest.raises(ValueError, match="not trained on: answer it with pcgraph.relax"):
-        make_train_step(net, "inpaint")
+    with pytest.raises(ValueError, match="not trained on by method 'ipc'"):
+        make_train_step(net, "inpaint", method="ipc")
+    with pytest.raises(ValueError, match="not evaluated by this step: answer it with pcgraph.relax"):
+        make_eval_step(net, "inpaint")
+
+
+def _masked_step(net, lr):
+    return make_train_step(net, "inpaint", inference=_gd(800), init=Initialisation("zero"),
+                           weight_optimizer=optax.sgd(lr))
+
+
+def test_training_on_partial_observations_matches_the_hand_written_energy(x64):
+    """A train step of ``clamp img where mask``: z relaxes to the ridge solution of the observed
+    pixels, and the weight update is −lr·∇θ of ½ Σ mask·(x − zW − c)² + ½‖z‖² (batch mean): the
+    missing pixels add nothing to the energy or the update, whatever their values."""
+    net = _decoder()
+    W, c = _params(net, "z->img")
+    x = _rng(5).standard_normal((6, 8))
+    mask = (_rng(6).random((6, 8)) < 0.5).astype(float)
+    mask[:, :3] = 1
+    z = np.stack([np.linalg.solve(W[:, o] @ W[:, o].T + np.eye(3), W[:, o] @ (xi[o] - c[o]))
+                  for xi, o in zip(x, mask == 1)])
+    r = mask * (x - z @ W - c)  # the observed residuals; zero where missing
+    F = (0.5 * np.sum(r**2) + 0.5 * np.sum(z**2)) / 6
+    lr = 0.05
+    step = _masked_step(net, lr)
+    new, _, met = step(net, step.init(net), {"img": x, "mask": mask})
+    assert abs(float(met["energy_end"]) - F) < 1e-9
+    assert abs(float(met["loss_end"]) - 0.5 * np.sum(r**2) / 6) < 1e-9
+    W1, c1 = _params(new, "z->img")
+    np.testing.assert_allclose(W1, W + lr * z.T @ r / 6, atol=1e-9)
+    np.testing.assert_allclose(c1, c + lr * r.sum(0) / 6, atol=1e-9)
+    garbage = np.where(mask == 1, x, 1e3)  # other values at the missing pixels: the same step
+    again, _, met2 = step(net, step.init(net), {"img": garbage, "mask": mask})
+    np.testing.assert_array_equal(_params(again, "z->img")[0], W1)
+    assert float(met2["energy_end"]) == float(met["energy_end"])
+
+
+def test_fit_takes_the_mask_beside_the_data():
+    net = _decoder()
+    x = _rng(7).standard_normal((16, 8)).astype(np.float32)
+    mask = (_rng(8).random((16, 8)) < 0.5).astype(np.float32)
+    res = fit(net, {"img": x, "mask": mask}, query="inpaint", epochs=2, batch_size=8, steps=5, init="zero",
+              eval_data=False, trace_inference=False)
+    assert res.traces == 1 and np.isfinite(res.final["energy"])
+    assert not np.array_equal(_params(res.net, "z->img")[0], _params(net, "z->img")[0])
+    with pytest.raises(DataShapeError, match="no 'mask' array"):
+        fit(net, {"img": x}, query="inpaint", epochs=1, batch_size=8, eval_data=False)
+    with pytest.raises(DataShapeError, match="the mask 'mask' of node 'img' has shape"):
+        fit(net, {"img": x, "mask": mask[:, :4]}, query="inpaint", epochs=1, batch_size=8,
+            eval_data=False)
 
 
 SRC = """model g {
