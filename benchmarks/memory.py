@@ -12,6 +12,12 @@ similarity over the seen pixels); ``noisy`` — Gaussian noise of sd ``--noise``
 ``denoise`` clamps the noisy image, the answer is the prediction of img after inference). Metric:
 MSE between the recalled and the stored image over all pixels, mean over the N images.
 
+Selection (neither side is tuned on the test cues): the Hopfield β (``--betas``) and the PC
+recall's inference steps T (``--steps-grid``) are chosen per N, seed and cue type on validation
+cues of the same kind drawn apart from the test ones — the right half missing (test: the bottom
+half) and another draw of the noise. Sizes are recorded: the PC network's parameters and the
+Hopfield network's stored numbers (N·784).
+
     nice -n 10 python benchmarks/memory.py --ns 16,64,256 --seeds 0,1,2 --png docs/img/memory.png
     python benchmarks/memory.py --table
 """
@@ -30,6 +36,7 @@ from _common import (
     ROOT,
     D,
     append_jsonl,
+    ci95,
     demo_args,
     float_list,
     int_list,
@@ -45,9 +52,14 @@ MODEL = ROOT / "models" / "memory.pcg"
 CUES = ("occluded", "noisy")
 
 
-def cues(x, noise, rng):
+def cues(x, noise, rng, val=False):
+    """Test cues: the bottom half missing, noise; validation cues (``val``): the right half
+    missing, another noise draw."""
     mask = np.zeros((len(x), 28, 28), np.float32)
-    mask[:, :14] = 1
+    if val:
+        mask[:, :, :14] = 1
+    else:
+        mask[:, :14] = 1
     mask = mask.reshape(len(x), 784)
     return {"occluded": (x * mask, mask),
             "noisy": ((x + noise * rng.standard_normal(x.shape)).astype(np.float32), None)}
@@ -83,16 +95,27 @@ def mse(a, b) -> float:
 def table(recs) -> str:
     if not recs:
         return "(no records)"
+    recs = [r for r in recs if r.get("selection") == "validation cues"]
+    if not recs:
+        return "(no records with validation-selected settings)"
     ns = sorted({r["n"] for r in recs})
     r0 = recs[0]
     rows = [(f"Recall MSE (all pixels, mean over the N stored images; {r0['updates']} weight "
-            f"updates per N, recall T = {r0['steps']}, noise sd {r0['noise']}; mean ± sd over "
-            f"seeds)"), "",
-            "| N | seeds | occluded: PC | occluded: Hopfield | noisy: PC | noisy: Hopfield |",
-            "| --- | --- | --- | --- | --- | --- |"]
+            f"updates per N, recall T and β chosen on validation cues, noise sd {r0['noise']}; "
+            f"mean ± sd over seeds; PC − Hopfield: mean paired difference ± 95 % CI)"), "",
+            "| N | seeds | PC params / Hopfield numbers | occluded: PC (T) | occluded: Hopfield (β) "
+            "| PC − Hopfield | noisy: PC (T) | noisy: Hopfield (β) | PC − Hopfield |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in ns:
         rs = [r for r in recs if r["n"] == n]
-        cells = [mean_sd([r[f"{m}_{c}"] for r in rs], 4) for c in CUES for m in ("pc", "hop")]
+        cells = [f"{rs[0]['pc_params']:,} / {rs[0]['hopfield_numbers']:,}"]
+        for c in CUES:
+            d = [r[f"pc_{c}"] - r[f"hop_{c}"] for r in rs]
+            ts = sorted({r[f"steps_{c}"] for r in rs})
+            bs = sorted({r[f"beta_{c}"] for r in rs})
+            cells += [f"{mean_sd([r[f'pc_{c}'] for r in rs], 4)} ({'/'.join(map(str, ts))})",
+                      f"{mean_sd([r[f'hop_{c}'] for r in rs], 4)} ({'/'.join(f'{b:g}' for b in bs)})",
+                      f"{np.mean(d):+.4f} ± {ci95(d):.4f}"]
         rows.append(f"| {n} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -134,7 +157,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ns", type=int_list, default=[16, 64, 256])
     ap.add_argument("--updates", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=100, help="inference steps of the recall")
+    ap.add_argument("--steps-grid", type=int_list, default=[20, 100],
+                    help="inference steps of the recall, chosen on validation cues")
     ap.add_argument("--noise", type=float, default=0.2)
     ap.add_argument("--betas", type=float_list, default=[0.1, 1.0, 10.0])
     demo_args(ap, "memory")
@@ -153,13 +177,19 @@ def main():
             net = pcgraph.build(pcgraph.load(MODEL), seed=s)
             net = pcgraph.fit(net, {"img": X}, epochs=epochs, batch_size=bs, seed=s,
                               eval_data=False, trace_inference=False).net
-            rec = {"n": n, "seed": s, "updates": epochs * (n // bs), "steps": args.steps,
-                   "noise": args.noise}
+            rec = {"n": n, "seed": s, "updates": epochs * (n // bs), "steps": args.steps_grid,
+                   "noise": args.noise, "pc_params": int(net.n_params()),
+                   "hopfield_numbers": int(X.size), "selection": "validation cues"}
+            val_cues = cues(X, args.noise, rng, val=True)
             for c, (cue, mask) in cues(X, args.noise, rng).items():
-                pc = pc_recall(net, cue, mask, args.steps)
-                hs = {b: mse(hopfield(X, cue, b, mask), X) for b in args.betas}
-                beta = min(hs, key=hs.get)
-                rec.update({f"pc_{c}": mse(pc, X), f"hop_{c}": hs[beta], f"beta_{c}": beta})
+                vcue, vmask = val_cues[c]
+                vpc = {T: mse(pc_recall(net, vcue, vmask, T), X) for T in args.steps_grid}
+                vhs = {b: mse(hopfield(X, vcue, b, vmask), X) for b in args.betas}
+                T, beta = min(vpc, key=vpc.get), min(vhs, key=vhs.get)
+                pc = pc_recall(net, cue, mask, T)
+                rec.update({f"pc_{c}": mse(pc, X), f"hop_{c}": mse(hopfield(X, cue, beta, mask), X),
+                            f"beta_{c}": beta, f"steps_{c}": T,
+                            f"val_pc_{c}": vpc[T], f"val_hop_{c}": vhs[beta]})
                 if n == args.ns[-1] and s == args.seeds[0]:
                     shown = (shown or [("stored", X[:8])]) + [
                         (f"{c} cue", cue[:8]), (f"{c}: PC", pc[:8]),
