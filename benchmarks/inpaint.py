@@ -67,20 +67,24 @@ def missing_mse(pred, x, mask) -> float:
 
 
 # ------------------------------------------------------------------------------ PC
-def train_pc(x, seed, epochs):
-    net = pcgraph.build(pcgraph.load(MODEL), seed=seed)
+def train_pc(x, seed, epochs, model=MODEL):
+    net = pcgraph.build(pcgraph.load(model), seed=seed)
+    x = x.reshape(len(x), *net.node_shape("img"))  # flat for inpaint.pcg, [1, 28, 28] for conv
     return pcgraph.fit(net, {"img": x}, epochs=epochs, seed=seed, eval_data=False,
                        trace_inference=False).net
 
 
 def pc_fill(net, x, mask, steps):
+    shape = net.node_shape("img")
+
     @eqx.filter_jit
     def fill(net, xb, mb):
         res = pcgraph.relax(net, "inpaint", {"img": xb, "mask": mb}, inference_with(net, steps))
         return net.get(res.h, "img")
 
-    return np.concatenate([np.asarray(fill(net, x[i:i + 500], mask[i:i + 500]))
-                           for i in range(0, len(x), 500)])
+    return np.concatenate([
+        np.asarray(fill(net, x[i:i + 500].reshape(-1, *shape), mask[i:i + 500].reshape(-1, *shape)))
+        .reshape(-1, 784) for i in range(0, len(x), 500)])
 
 
 # ------------------------------------------------------------------------------ BP autoencoder
@@ -185,6 +189,8 @@ def main():
     ap.add_argument("--n-eval", type=int, default=1000, help="validation and test images used")
     ap.add_argument("--steps-grid", type=int_list, default=[20, 100])
     ap.add_argument("--lrs", type=float_list, default=[1e-3, 3e-3])
+    ap.add_argument("--model", default="inpaint", choices=["inpaint", "conv_decoder"],
+                    help="the PC model: models/inpaint.pcg or models/conv_decoder.pcg")
     demo_args(ap, "inpaint")
     args = ap.parse_args()
     if print_table_only(args, table):
@@ -195,10 +201,11 @@ def main():
     vmasks = {k: make_mask(k, len(xva), rng) for k in MASKS}
     tmasks = {k: make_mask(k, len(xte), rng) for k in MASKS}
     base = {"fraction": args.fraction, "epochs": args.epochs, "n_train": len(xtr),
-            "n_val": len(xva), "n_test": len(xte)}
+            "n_val": len(xva), "n_test": len(xte), "model": args.model}
+    model = ROOT / "models" / f"{args.model}.pcg"
 
     # selection on validation, seed 0
-    net = train_pc(xtr, 0, args.epochs)
+    net = train_pc(xtr, 0, args.epochs, model)
     vs = {}
     for T in args.steps_grid:
         vs[T] = np.mean([missing_mse(pc_fill(net, xva, vmasks[k], T), xva, vmasks[k])
@@ -216,7 +223,7 @@ def main():
     print("selected", T, lr, vs, va, flush=True)
 
     for s in args.seeds:
-        net = net if s == 0 else train_pc(xtr, s, args.epochs)
+        net = net if s == 0 else train_pc(xtr, s, args.epochs, model)
         ae = train_ae(xtr, s, args.epochs, lr)
         fills = {"pc": {k: pc_fill(net, xte, tmasks[k], T) for k in MASKS},
                  "ae": {k: ae_fill(ae, xte, tmasks[k]) for k in MASKS},
