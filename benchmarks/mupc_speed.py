@@ -29,7 +29,6 @@ Reduced CPU runs (docs/results.md)::
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -45,60 +44,10 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from pcgraph import make_train_step  # noqa: E402
+from _mupc_hand import W_LR, ACT_LR, hand_params, hand_written_step  # noqa: E402
 from mupc_depth import machine, resnet_mupc  # noqa: E402
 
 D, C = 784, 10
-ACT_LR, W_LR = 0.5, 0.05
-
-
-def hand_written_step(depth: int, width: int, T: int):
-    """The μPC step in plain JAX, one matmul per layer; params = (W_in, [W_hidden...], W_out)."""
-    a_in, a_hid, a_out = 1 / math.sqrt(D), 1 / math.sqrt(width * depth), 1 / width
-    opt = optax.adam(W_LR)
-    relu = jax.nn.relu
-
-    def preds(params, zs, x):
-        W_in, Ws, W_out = params
-        out = [a_in * (x @ W_in)]
-        for W, z in zip(Ws, zs[:-1]):
-            out.append(z + a_hid * (relu(z) @ W))
-        return out, a_out * (relu(zs[-1]) @ W_out)
-
-    def energy(params, zs, x, y):
-        mus, yhat = preds(params, zs, x)
-        B = x.shape[0]
-        e = sum(jnp.sum((z - m) ** 2) for z, m in zip(zs, mus))
-        return 0.5 * (e + jnp.sum((y - yhat) ** 2)) / B
-
-    def forward(params, x):
-        W_in, Ws, _ = params
-        zs = [a_in * (x @ W_in)]
-        for W in Ws:
-            zs.append(zs[-1] + a_hid * (relu(zs[-1]) @ W))
-        return zs
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        zs = forward(params, x)
-        F0 = energy(params, zs, x, y)
-        gz = jax.grad(energy, argnums=1)
-
-        def body(zs, _):
-            g = gz(params, zs, x, y)
-            return [z - ACT_LR * gi for z, gi in zip(zs, g)], None
-
-        zs, _ = jax.lax.scan(body, zs, None, length=T)
-        zs = jax.lax.stop_gradient(zs)
-        F1, grads = jax.value_and_grad(energy)(params, zs, x, y)
-        upd, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, F0, F1
-
-    return step, opt
-
-
-def hand_params(net, depth: int):
-    W = lambda n: net.term_params(n)[0]["W"]  # noqa: E731
-    return (W("x->h1"), [W(f"h{i - 1}->h{i}[0]") for i in range(2, depth)], W(f"h{depth - 1}->y"))
 
 
 def timed(fn, repeats: int) -> list[float]:
