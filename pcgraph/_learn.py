@@ -78,6 +78,7 @@ class TrainStep:
             self.traces += 1
             return fn(*args)
 
+        self.traced = counted  # the pure step, counting traces (``_chunked`` scans it)
         self._fn = eqx.filter_jit(counted) if jit else counted
 
     @property
