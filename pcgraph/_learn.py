@@ -198,7 +198,8 @@ def _init_acts(q: QueryPlan, inference: Inference, initer):
 
     def init_acts(net_, batch, key, carry):
         h = clamp_data(net_, q, batch)
-        carry = initer.prepare(net_, h, carry, lambda hh: infer(net_, q, hh, ref).h)
+        carry = initer.prepare(net_, h, carry,
+                               lambda hh: infer(net_, q, hh, ref, energies=False).h)
         return h, initer(net_, h, carry, key), carry
 
     return init_acts
@@ -208,14 +209,14 @@ def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energ
     """initialise → infer → stop_gradient → ∂F/∂θ at the relaxed activities → optax update."""
     init_acts = _init_acts(q, inference, initer)
     q_out = q.with_counts(q.clamped_targets)
-    scanned = isinstance(inference, GradientDescent) and inference.steps > 0 and q.free_groups
 
     def pc_step(net_, opt_state, batch, key, carry):
         h, h0, carry = init_acts(net_, batch, key, carry)
-        res = infer(net_, q, h0, inference)
+        # F at t = 0 once, not F at every inference step (only ∇F is needed in the loop)
+        res = infer(net_, q, h0, inference, energies=False)
         hs = jax.lax.stop_gradient(res.h)
         F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q))(net_)
-        F0 = res.energies[0] if scanned else energy(net_, h0, q)
+        F0 = energy(net_, h0, q)
         carry, init_loss = initer.update(net_, carry, h, hs)
         metrics = {
             "energy_start": F0,
@@ -325,7 +326,7 @@ def make_eval_step(
         if direct_order is not None:
             hf = forward_acts(net_, h, direct_order)
         else:
-            hf = infer(net_, q, initer(net_, h, carry, key), inference).h
+            hf = infer(net_, q, initer(net_, h, carry, key), inference, energies=False).h
         if reconstruct is not None:
             x = net_.get(h, reconstruct)
             mu = node_prediction(net_, hf, reconstruct)
