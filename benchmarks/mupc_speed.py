@@ -12,8 +12,9 @@ MNIST-sized input (784) and output (10), random data.
   inside the scan body), ``jax.grad`` of a hand-written energy, one ``jax.jit``.
 
 Both start from the same weights; the script checks that they give the same energies and
-updated weights before timing. Each function is warmed up, then timed interleaved with
-``block_until_ready``; the median over repeats is reported with the ratio pcgraph / hand-written.
+updated weights before timing. Each function is warmed up, then timed in paired interleaved rounds
+(``_paired``: every round calls each once); the ratio pcgraph / hand-written is the median of the
+per-round ratios. Records go to ``benchmarks/results/mupc_speed.jsonl``.
 The issue's target is ≤ 15 ms per iteration at width 512, H = T = 128 on an H100.
 
 Full size (any device; the issue's GPU measurement)::
@@ -22,14 +23,14 @@ Full size (any device; the issue's GPU measurement)::
 
 Reduced CPU runs (docs/results.md)::
 
-    python benchmarks/mupc_speed.py --width 128 --depth 32 --repeats 10 --stack auto false true
+    python benchmarks/mupc_speed.py --width 128 --depth 32 --repeats 40 --stack auto false true
     python benchmarks/mupc_speed.py --width 512 --depth 128 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from pcgraph import make_train_step  # noqa: E402
-from _mupc_hand import W_LR, ACT_LR, hand_params, hand_written_step  # noqa: E402
+from _paired import paired_rounds, summary  # noqa: E402
+from _mupc_hand import W_LR, ACT_LR, hand_params, hand_written_step, stacked_step  # noqa: E402
 from mupc_depth import machine, resnet_mupc  # noqa: E402
 
 D, C = 784, 10
@@ -67,6 +69,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--stack", nargs="+", default=["auto"], choices=["auto", "false", "true"])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
+                                         / "mupc_speed.jsonl"))
     args = ap.parse_args(argv)
     H, N, B = args.depth, args.width, args.batch
     T = args.steps or H
@@ -102,6 +106,12 @@ def main(argv=None) -> None:
     hp_new, _, F0, F1 = hstep(hp, hst, x, y)
     jax.block_until_ready(F1)
     fns["hand-written per-layer JAX"] = (lambda: hstep(hp, hst, x, y)[3], time.perf_counter() - t)
+    sstep, sopt = stacked_step(H, N, T)
+    sp = hand_params(net, H, stacked=True)
+    sst = sopt.init(sp)
+    t = time.perf_counter()
+    jax.block_until_ready(sstep(sp, sst, x, y)[3])
+    fns["hand-written stacked JAX"] = (lambda: sstep(sp, sst, x, y)[3], time.perf_counter() - t)
 
     # the same computation: energies and updated weights agree
     np.testing.assert_allclose(float(m["energy_start"]), float(F0), rtol=1e-4)
@@ -109,19 +119,24 @@ def main(argv=None) -> None:
     np.testing.assert_allclose(np.asarray(new.term_params(f"h{H // 2 - 1}->h{H // 2}[0]")[0]["W"]),
                                np.asarray(hp_new[1][H // 2 - 2]), rtol=1e-3, atol=1e-5)
 
-    times = {k: [] for k in fns}
-    for _ in range(args.repeats):  # interleaved
-        for k, (fn, _) in fns.items():
-            times[k] += timed(fn, 1)
-    hand = statistics.median(times["hand-written per-layer JAX"])
+    times = paired_rounds({k: fn for k, (fn, _) in fns.items()}, args.repeats)
+    summ = summary(times, "hand-written per-layer JAX")
     print(f"# mupc_speed on {machine()}: width {N}, H = {H}, T = {T}, batch {B}, "
-          f"{args.repeats} interleaved repeats (median); energies and weights checked equal")
-    print("| implementation | ms / iteration (median) | min | compile s | ratio to hand-written |")
+          f"{args.repeats} paired interleaved rounds; energies and weights checked equal")
+    print("| implementation | ms / iteration (median) | min | compile s | ratio to hand-written "
+          "(median of per-round ratios) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for k, (_, comp) in fns.items():
-        med = statistics.median(times[k])
-        print(f"| {k} | {1e3 * med:.1f} | {1e3 * min(times[k]):.1f} | {comp:.1f} | "
-              f"{med / hand:.2f} |")
+        s = summ[k]
+        s["compile_s"] = comp
+        print(f"| {k} | {s['ms_median']:.1f} | {s['ms_min']:.1f} | {comp:.1f} | "
+              f"{s['ratio_median']:.3f} |")
+    if args.out:
+        rec = {"benchmark": "mupc_speed", "width": N, "depth": H, "T": T, "batch": B,
+               "rounds": args.repeats, "machine": machine(), "results": summ, "seconds": times,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":

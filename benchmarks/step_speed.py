@@ -10,8 +10,8 @@ activity lr 0.1, Adam 1e-3 on the weights):
 Measured in one process, interleaved: pcgraph's PC step (default ``stack="auto"``, and
 ``stack=True``), the same step hand-written in jnp with the inference loop in a ``lax.scan``
 (the reference, ratio 1.00) and with the loop unrolled, and pcgraph's BP step. Every round calls
-each function once (rotated order); the figure is the median over rounds of the per-round ratio to
-the hand-written ``lax.scan`` step (paired ratios are stable on a loaded machine where single
+each function once (rotated order); the figures are the medians over rounds of the per-round ratios
+to the hand-written ``lax.scan`` and unrolled steps (paired ratios are stable on a loaded machine where single
 medians swing by ±15 %). Records are appended to ``benchmarks/results/step_speed.jsonl``.
 
     python benchmarks/step_speed.py [--net tanh tanh_gaussian] [--steps 5 20] [--rounds 40]
@@ -171,9 +171,9 @@ def main(argv=None):
     print(f"# step_speed on {dev.platform} ({getattr(dev, 'device_kind', '')}), "
           f"{os.cpu_count()} CPU cores, jax {jax.__version__}; batch {args.batch}, "
           f"{args.rounds} paired rounds")
-    print("| network | T | implementation | ms (median) | ratio to hand-written scan "
-          "(median of per-round ratios) |")
-    print("| --- | ---: | --- | ---: | ---: |")
+    print("| network | T | implementation | ms (median) | ratio to hand-written scan | ratio to "
+          "hand-written unrolled |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
     results = []
     for name in args.net:
         for T in args.steps:
@@ -182,14 +182,16 @@ def main(argv=None):
                 jax.block_until_ready(fn())
             times = paired_rounds(fns, args.rounds)
             summ = summary(times, "hand-written lax.scan")
+            unrolled = summary(times, "hand-written unrolled")
             for k, s in summ.items():
-                print(f"| {name} | {T} | {k} | {s['ms_median']:.2f} | {s['ratio_median']:.3f} |",
-                      flush=True)
+                s["ratio_to_unrolled_median"] = unrolled[k]["ratio_median"]
+                print(f"| {name} | {T} | {k} | {s['ms_median']:.2f} | {s['ratio_median']:.3f} | "
+                      f"{s['ratio_to_unrolled_median']:.3f} |", flush=True)
             rec = {"benchmark": "step_speed", "net": name, "T": T, "batch": args.batch,
                    "width": args.width, "device": str(dev), "jax": jax.__version__,
                    "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                       time.gmtime()),
-                   "results": summ}
+                   "results": summ, "seconds": times}
             results.append(rec)
             if args.out:
                 os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -160,6 +160,16 @@ def _frozen_where(done, old, new):
 
 
 # ------------------------------------------------------------------------------ discrete
+#: the inference scan's unroll factor by T: short loops fully unrolled (XLA then schedules and
+#: fuses across steps, no loop-carried copies), longer ones by this factor (bounded compile time)
+FULL_UNROLL_MAX, PARTIAL_UNROLL = 8, 2
+
+
+def scan_unroll(steps: int) -> int:
+    """``lax.scan``'s ``unroll`` for ``steps`` inference steps (benchmarks/step_speed.py)."""
+    return steps if steps <= FULL_UNROLL_MAX else PARTIAL_UNROLL
+
+
 def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
              record: bool, observed=None, keep_energies: bool = True) -> InferResult:
     """``cfg.steps`` optimiser steps on the free activities (one scan, or a while loop when
@@ -218,7 +228,8 @@ def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
             return (free, ost, done, n), (val if keep else None, gn, free if record else None)
 
         c = (free0, ost0, jnp.asarray(False), jnp.asarray(0))
-        (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps)
+        (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps,
+                                                                 unroll=scan_unroll(steps))
         gn = gns[-1] if (tol > 0 or record) else _norm(grad_fn(free)[1])
     h = set_leaves(net, merge_free(h0, query, free), query, observed)
     return InferResult(h, energies, traj, n, gn, done)
