@@ -24,6 +24,28 @@ def _scales(depth: int, width: int, inputs: int):
     return 1 / math.sqrt(inputs), 1 / math.sqrt(width * depth), 1 / width
 
 
+def _step(energy, forward, opt, T: int, act_lr: float):
+    """The jitted step around an energy ``(params, activities, x, y)`` and a forward pass."""
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        zs = forward(params, x)
+        F0 = energy(params, zs, x, y)
+        gz = jax.grad(energy, argnums=1)
+
+        def body(zs, _):
+            g = gz(params, zs, x, y)
+            return jax.tree_util.tree_map(lambda z, gi: z - act_lr * gi, zs, g), None
+
+        zs, _ = jax.lax.scan(body, zs, None, length=T)
+        zs = jax.lax.stop_gradient(zs)
+        F1, grads = jax.value_and_grad(energy)(params, zs, x, y)
+        upd, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, F0, F1
+
+    return step
+
+
 def hand_written_step(depth: int, width: int, T: int, inputs: int = 784, *,
                       act_lr: float = ACT_LR, w_lr: float = W_LR):
     """The per-layer step; params = ``(W_in, [W_hidden...], W_out)``. Returns ``(step, opt)``;
@@ -51,23 +73,7 @@ def hand_written_step(depth: int, width: int, T: int, inputs: int = 784, *,
             zs.append(zs[-1] + a_hid * (relu(zs[-1]) @ W))
         return zs
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        zs = forward(params, x)
-        F0 = energy(params, zs, x, y)
-        gz = jax.grad(energy, argnums=1)
-
-        def body(zs, _):
-            g = gz(params, zs, x, y)
-            return [z - act_lr * gi for z, gi in zip(zs, g)], None
-
-        zs, _ = jax.lax.scan(body, zs, None, length=T)
-        zs = jax.lax.stop_gradient(zs)
-        F1, grads = jax.value_and_grad(energy)(params, zs, x, y)
-        upd, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, F0, F1
-
-    return step, opt
+    return _step(energy, forward, opt, T, act_lr), opt
 
 
 def stacked_step(depth: int, width: int, T: int, inputs: int = 784, *,
@@ -96,22 +102,7 @@ def stacked_step(depth: int, width: int, T: int, inputs: int = 784, *,
         _, rest = jax.lax.scan(layer, z1, Ws)
         return jnp.concatenate([z1[None], rest], axis=0)
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        Z = forward(params, x)
-        F0 = energy(params, Z, x, y)
-        gz = jax.grad(energy, argnums=1)
-
-        def body(Z, _):
-            return Z - act_lr * gz(params, Z, x, y), None
-
-        Z, _ = jax.lax.scan(body, Z, None, length=T)
-        Z = jax.lax.stop_gradient(Z)
-        F1, grads = jax.value_and_grad(energy)(params, Z, x, y)
-        upd, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, F0, F1
-
-    return step, opt
+    return _step(energy, forward, opt, T, act_lr), opt
 
 
 def hand_params(net, depth: int, stacked: bool = False):
