@@ -160,7 +160,7 @@ def _mupc_model(depth: int, width: int):
                         params={"depth": depth, "width": width})
 
 
-def _mupc_step(net, T: int):
+def _mupc_step(net, T: int, precision: str = "fp32"):
     import optax
 
     import pcgraph
@@ -169,7 +169,7 @@ def _mupc_step(net, T: int):
     return pcgraph.make_train_step(
         net, "train", weight_optimizer=optax.adam(W_LR),
         inference=pcgraph.GradientDescent(T, optax.sgd(ACT_LR), activity_scale="batch"),
-        init=pcgraph.Initialisation("forward"))
+        init=pcgraph.Initialisation("forward"), precision=precision)
 
 
 def _mupc_batch(B: int):
@@ -257,7 +257,7 @@ def part_mlp(sz, args, report, budget, left) -> dict:
     return out
 
 
-def _fashion_fit(sz, data_dir, fraction, dtype, H, N):
+def _fashion_fit(sz, data_dir, fraction, precision, H, N):
     import dataclasses
 
     import optax
@@ -266,9 +266,10 @@ def _fashion_fit(sz, data_dir, fraction, dtype, H, N):
     from _mupc_hand import ACT_LR, W_LR
 
     ds = pcgraph.data.load("fashion-mnist", data_dir=data_dir, fraction=fraction)
-    net = pcgraph.build(_mupc_model(H, N), seed=0, dtype=dtype)
+    net = pcgraph.build(_mupc_model(H, N), seed=0)
     cfg = pcgraph.resolve_config(net.plan.settings, epochs=1, batch_size=sz["batch"],
-                                 weight_optimizer=optax.adam(W_LR), init="forward")
+                                 weight_optimizer=optax.adam(W_LR), init="forward",
+                                 precision=precision)
     cfg = dataclasses.replace(cfg, inference=pcgraph.GradientDescent(
         H, optax.sgd(ACT_LR), activity_scale="batch"))
     t = time.perf_counter()
@@ -280,7 +281,7 @@ def _fashion_fit(sz, data_dir, fraction, dtype, H, N):
             "steps": res.steps_per_epoch, "test_accuracy": pct(h.get("test_accuracy")),
             "train_accuracy": pct(h.get("train_accuracy")), "ms_per_iteration": h.get("ms_per_step"),
             "compile_s": h.get("compile_time_s"), "epoch_time_s": h.get("epoch_time_s"),
-            "wall_s": wall, "dtype": str(dtype or "float32")}
+            "wall_s": wall, "precision": precision}
 
 
 def part_fashion(sz, args, report, budget, left) -> dict:
@@ -296,14 +297,12 @@ def part_fashion(sz, args, report, budget, left) -> dict:
             fraction = max(round(room / fit_s, 3), 0.01)
     out = {"name": "Fashion-MNIST, 1 epoch", "width": N, "depth": H, "T": H,
            "batch": sz["batch"], "settings": "Adam 0.05, activity lr 0.5 (batch mean), "
-           "forward init", "fp32": _fashion_fit(sz, args.data, fraction, None, H, N)}
+           "forward init", "fp32": _fashion_fit(sz, args.data, fraction, "fp32", H, N)}
     return out
 
 
 def part_bf16(sz, args, report, budget, left) -> dict:
     """Part 4: bf16 against fp32 (the μPC and MLP steps; part 3 again at bf16 if time allows)."""
-    import jax.numpy as jnp
-
     import pcgraph
     from step_speed import runners
 
@@ -311,18 +310,18 @@ def part_bf16(sz, args, report, budget, left) -> dict:
     model = _mupc_model(H, N)
     batch = _mupc_batch(B)
     fns, energies = {}, {}
-    for label, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
-        net = pcgraph.build(model, seed=0, dtype=dtype)
-        step = _mupc_step(net, H)
+    net = pcgraph.build(model, seed=0)
+    for label in ("fp32", "bf16"):
+        step = _mupc_step(net, H, label)
         m = step(net, step.init(net), batch)[2]
         energies[label] = {"energy_start": float(m["energy_start"]),
                            "energy_end": float(m["energy_end"]),
                            "dtype": str(m["energy_end"].dtype)}
         fns[f"μPC {label}"] = _pc_runner(step, net, batch)
     T = sz["mlp_steps"][-1]
-    for label, dtype in (("fp32", None), ("bf16", jnp.bfloat16))[:0 if args.smoke else 2]:
+    for label in ("fp32", "bf16")[:0 if args.smoke else 2]:
         mlp = runners("tanh", T, sz["mlp_batch"], sz["mlp_width"], bp=False, stacked=False,
-                      hand=False, dtype=dtype)
+                      hand=False, precision=label)
         fns[f"MLP T={T} {label}"] = mlp["pcgraph"]
     res = _timed(fns, "μPC fp32", sz["rounds"], budget)
     if f"MLP T={T} bf16" in res:
@@ -336,8 +335,7 @@ def part_bf16(sz, args, report, budget, left) -> dict:
     # part 3 again at bf16 where the rest of the budget holds it (not in the smoke run: the same
     # function as part 3, with another dtype)
     if p3 and not args.smoke and p3["fp32"]["wall_s"] < 0.6 * (left - budget):
-        out["fashion_bf16"] = _fashion_fit(sz, args.data, p3["fp32"]["fraction"], jnp.bfloat16,
-                                           H, N)
+        out["fashion_bf16"] = _fashion_fit(sz, args.data, p3["fp32"]["fraction"], "bf16", H, N)
     return out
 
 

@@ -124,7 +124,7 @@ def hand_params(net, hidden: int = 4):
 
 
 def runners(net_name: str, T: int, B: int, width: int = 512, *, bp: bool = True,
-            stacked: bool = True, hand: bool = True, dtype=None):
+            stacked: bool = True, hand: bool = True, precision: str = "fp32"):
     """``{label: () -> device value}`` for one network and T: pcgraph (stack auto / True), the
     hand-written scan and unrolled steps, pcgraph's BP step; and the inputs' energies agree."""
     act, out, opt = NETS[net_name]
@@ -134,9 +134,10 @@ def runners(net_name: str, T: int, B: int, width: int = 512, *, bp: bool = True,
     model = mlp_model(width, act, out)
     fns = {}
     for label, stack in (("pcgraph", "auto"), ("pcgraph stack=True", True))[:2 if stacked else 1]:
-        net = build(model, seed=0, stack=stack, dtype=dtype)
+        net = build(model, seed=0, stack=stack)
         st = make_train_step(net, "train", inference=GradientDescent(T, optax.sgd(ACT_LR)),
-                             init=Initialisation("forward"), weight_optimizer=_wopt(opt))
+                             init=Initialisation("forward"), weight_optimizer=_wopt(opt),
+                             precision=precision)
         s0 = st.init(net)
         fns[label] = (lambda st=st, net=net, s0=s0: st(net, s0, {"x": x, "y": y1h})[2]
                       ["energy_end"])
@@ -151,7 +152,7 @@ def runners(net_name: str, T: int, B: int, width: int = 512, *, bp: bool = True,
         bstep = make_train_step(net, "train", method="bp", weight_optimizer=_wopt(opt))
         b0 = bstep.init(net)
         fns["pcgraph BP"] = lambda: bstep(net, b0, {"x": x, "y": y1h})[2]["loss"]
-    if dtype is None and hand:  # the same computation
+    if precision == "fp32" and hand:  # the same computation
         np.testing.assert_allclose(float(fns["pcgraph"]()), float(fns["hand-written lax.scan"]()),
                                    rtol=2e-3)
     return fns

@@ -134,15 +134,13 @@ def _build(model, ds, config, q: str, tq: str, seed: int):
     and its options checked) -- all before anything is compiled."""
     from . import data as D
     from ._binding import BindingError, bind, prepare_dataset
-    from ._config import precision_dtype
     from ._diagnostics import PcgError, relabel
     from ._fit import fresh_carry
     from ._limits import CLI_LABELS
     from ._network import build
 
     try:
-        net = build(model, seed=seed, parameterisation=config.record["parameterisation"],
-                    dtype=precision_dtype(config.record["precision"]))
+        net = build(model, seed=seed, parameterisation=config.record["parameterisation"])
     except (ValueError, KeyError) as e:
         raise CliError(f"cannot build {model.name}: {e}", EXIT_MODEL) from None
     try:

@@ -35,7 +35,7 @@ import numpy as np
 from . import _limits
 from . import data as _data
 from ._binding import TrainData
-from ._config import Config, GradientDescent, Initialisation, precision_dtype, resolve_config
+from ._config import Config, GradientDescent, Initialisation, resolve_config
 from ._divergence import EpochSteps, check_params
 from ._evaluate import Evaluator, eval_init, make_tracer
 from ._init import make_initialiser
@@ -184,7 +184,6 @@ def fit(
     _limits.check_training(net.model, {"steps": getattr(config.inference, "steps", None),
                                             "epochs": config.epochs,
                                             "batch_size": config.batch_size}, seed)
-    net = with_precision(net, config.record.get("precision", DEFAULT_SETTINGS["precision"]))
     train = TrainData.of(net, data, query, test_query)  # binds and checks before compiling
     steps_per_epoch = train.n_train // config.batch_size
     if steps_per_epoch == 0:
@@ -194,7 +193,9 @@ def fit(
         eval_data = data if isinstance(data, _data.Dataset) else False
     step_fn = make_train_step(net, query, method=config.algorithm, inference=config.inference,
                               init=config.init, weight_optimizer=config.weight_optimizer,
-                              record_node_energies=config.algorithm != "bp", jit=mesh is None)
+                              record_node_energies=config.algorithm != "bp", jit=mesh is None,
+                              precision=config.record.get("precision",
+                                                          DEFAULT_SETTINGS["precision"]))
     if state is None:
         state = TrainState(opt_state=step_fn.optimizer.init(eqx.filter(net, eqx.is_inexact_array)),
                            carry=step_fn.init_carry(net, config.batch_size, carry_key(seed)))
@@ -228,16 +229,6 @@ def fit(
                    seed, balanced, best.wrap(callback), trace_inference, host)
     return dataclasses.replace(result, best_epoch=best.epoch, best_net=best.net,
                                best_state=best.state)
-
-
-def with_precision(net: Network, precision: str) -> Network:
-    """``net`` with its floating parameters stored at ``precision`` (``bf16``: cast to bfloat16,
-    then activities follow the network's dtype); ``fp32`` leaves the network as built."""
-    dtype = precision_dtype(precision)
-    if dtype is None or net.dtype == dtype:
-        return net
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, net)
 
 
 def _epoch_runner(config: Config, train: TrainData, step_fn: TrainStep, tracer, check_every: int,

@@ -247,7 +247,7 @@ def load_run(path: str | Path, model=None) -> Run:
 
     from ._checkpoint import CheckpointError, read_meta
     from ._checkpoint import load as ckpt_load
-    from ._config import precision_dtype, resolve_config
+    from ._config import resolve_config
     from ._fit import fresh_carry, model_hash
     from ._network import build
     from ._registry import SETTINGS
@@ -272,8 +272,7 @@ def load_run(path: str | Path, model=None) -> Run:
     except ValueError as e:
         raise RunError(f"{ckpt}: cannot rebuild the training configuration: {e}") from None
     seed = int(meta.get("seed", 0))
-    net = build(m, seed=seed, parameterisation=config.record["parameterisation"],
-                dtype=precision_dtype(config.record["precision"]))
+    net = build(m, seed=seed, parameterisation=config.record["parameterisation"])
     like_opt = config.weight_optimizer.init(eqx.filter(net, eqx.is_inexact_array))
     try:
         like_carry = fresh_carry(net, query=cli.get("query") or "train", init=config.init,

@@ -11,7 +11,7 @@ import pytest
 
 from pcgraph import build, data, energy, fit, load, make_train_step
 from pcgraph._config import ConfigError, precision_dtype
-from pcgraph._fit import with_precision
+from pcgraph._learn import compute_cast
 from pcgraph._infer import clamp_data, infer
 from pcgraph._init import initialise
 from pcgraph._query import compile_query
@@ -37,7 +37,7 @@ def test_precision_names():
 
 def test_bf16_energy_is_fp32_and_close_to_the_fp32_model(mlp, digits):
     net32 = build(mlp, seed=0)
-    net16 = with_precision(net32, "bf16")
+    net16 = compute_cast("bf16")(net32)
     assert net16.dtype == jnp.bfloat16
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree_util.tree_leaves(net16.params))
     q = compile_query(net32, "train")
@@ -61,13 +61,22 @@ def test_bf16_energy_is_fp32_and_close_to_the_fp32_model(mlp, digits):
 
 
 def test_bf16_train_step_and_fit(mlp, digits):
-    net = with_precision(build(mlp, seed=0), "bf16")
-    step = make_train_step(net, "train")
+    net = build(mlp, seed=0)
+    step = make_train_step(net, "train", precision="bf16")
     batch = {"x": digits.x_train[:32], "y": digits.one_hot(digits.y_train[:32])}
-    new, _, m = step(net, step.init(net), batch)
-    assert new.dtype == jnp.bfloat16 and m["energy_end"].dtype == jnp.float32
+    s0 = step.init(net)
+    new, s1, m = step(net, s0, batch)
+    # mixed precision: fp32 master weights and optimiser state, fp32 energies ...
+    assert new.dtype == jnp.float32 and m["energy_end"].dtype == jnp.float32
+    assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(s1)
+               if jnp.issubdtype(a.dtype, jnp.floating))
+    # ... and bf16 matmuls inside (the inference loop reads bf16 weights and activities)
+    jaxpr = str(jax.make_jaxpr(step.traced)(net, s0, batch, None, None))
+    assert "dot_general" in jaxpr and "bf16[32,64]" in jaxpr
+    assert "bf16" not in str(jax.make_jaxpr(make_train_step(net, "train").traced)(
+        net, s0, batch, None, None))
     res = fit(build(mlp, seed=0), digits, epochs=2, batch_size=64, precision="bf16",
               trace_inference=False)
-    assert res.net.dtype == jnp.bfloat16 and res.config["precision"] == "bf16"
+    assert res.config["precision"] == "bf16"
     assert res.history[-1]["energy"] < res.history[0]["energy"]
     assert res.final["test_accuracy"] > 0.5
