@@ -154,10 +154,9 @@ def make_train_step(
 
     ``inference`` (a ``GradientDescent`` or ``GradientFlow``), ``init`` (an ``Initialisation``)
     and ``weight_optimizer`` (optax) default to the model's settings. ``precision = "bf16"``
-    (pc, bp): the step computes with a bf16 copy of the weights and bf16 activities (energies and
-    matmul accumulation in fp32); the weights, their gradients and the optimiser state stay at the
-    network's own precision (mixed precision: bf16 optimiser moments would stall, since
-    ``0.999·v`` rounds to ``v`` in bf16)."""
+    (pc, bp): the step reads a bf16 copy of the weights (matmuls accumulate in fp32); activities,
+    energies, the weights, their gradients and the optimiser state stay at the network's own
+    precision (docs/speed.md: bf16 optimiser moments stall, bf16 activities collapse training)."""
     if method not in ALGORITHMS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(ALGORITHMS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
@@ -208,7 +207,7 @@ def _bp_step(order: tuple[str, ...], q: QueryPlan, wopt, cast=None):
     use = cast or (lambda n: n)
 
     def bp_step(net_, opt_state, batch, key, carry):
-        h = clamp_data(use(net_), q, batch)
+        h = clamp_data(net_, q, batch)
 
         def loss(n):
             n = use(n)
@@ -229,8 +228,8 @@ def _init_acts(q: QueryPlan, inference: Inference, initer):
     first batch (from a longer relaxation from zero where forward is impossible), initialise."""
     ref = with_steps(inference, max(inference.steps, int(initer.options["mem_ref_steps"])))
 
-    def init_acts(net_, batch, key, carry):
-        h = clamp_data(net_, q, batch)
+    def init_acts(net_, batch, key, carry, dtype=None):
+        h = clamp_data(net_, q, batch, dtype)
         carry = initer.prepare(net_, h, carry,
                                lambda hh: infer(net_, q, hh, ref, energies=False).h)
         return h, initer(net_, h, carry, key), carry
@@ -250,7 +249,9 @@ def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energ
     def pc_step(net_, opt_state, batch, key, carry):
         nc = use(net_)
         carry_in = carry
-        h, h0, carry = init_acts(nc, batch, key, carry)
+        # activities stay at the network's own precision (bf16 activities collapse training:
+        # docs/speed.md); only the weights the loop reads are cast
+        h, h0, carry = init_acts(nc, batch, key, carry, net_.dtype)
         # F at t = 0 once, not F at every inference step (only ∇F is needed in the loop)
         res = infer(nc, q, h0, inference, energies=False)
         hs = jax.lax.stop_gradient(res.h)
