@@ -202,7 +202,9 @@ def part_mupc(sz, args, report, budget, left) -> dict:
     for s in ("auto", True, False):
         net = pcgraph.build(model, seed=0, stack=s)
         if s == "auto":
-            resolved = net.plan.stack
+            # the minimum group size stacked (None: never), whatever the plan's type
+            st = net.plan.stack
+            resolved = getattr(st, "min_size", st)
         step = _mupc_step(net, T)
         t = time.perf_counter()
         m = step(net, step.init(net), batch)[2]
