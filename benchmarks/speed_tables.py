@@ -1,4 +1,4 @@
-"""The issue-14 tables of docs/results.md from the raw records in benchmarks/results/*.jsonl
+"""The issue-14 tables of docs/results.md (hooked into ``benchmarks/report.py``) from the raw records in benchmarks/results/*.jsonl
 (the latest record per configuration).
 
     python benchmarks/speed_tables.py [step|mupc|bf16]
@@ -20,8 +20,9 @@ def _records(name: str) -> list[dict]:
         if path.exists() else []
 
 
-def step_table() -> str:
-    latest = {(r["net"], r["T"]): r for r in _records("step_speed")}
+def step_table(records=None) -> str:
+    records = _records("step_speed") if records is None else records
+    latest = {(r["net"], r["T"]): r for r in records}
     out = ["| network | T | implementation | ms (median) | ratio to hand-written scan | "
            "ratio to hand-written unrolled | rounds |", "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for (net, T), r in sorted(latest.items()):
@@ -33,8 +34,9 @@ def step_table() -> str:
     return "\n".join(out)
 
 
-def mupc_table() -> str:
-    latest = {(r["width"], r["depth"]): r for r in _records("mupc_speed")}
+def mupc_table(records=None) -> str:
+    records = _records("mupc_speed") if records is None else records
+    latest = {(r["width"], r["depth"]): r for r in records}
     out = ["| width | H = T | implementation | ms (median) | compile s | ratio to per-layer "
            "hand-written | rounds |", "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for (N, H), r in sorted(latest.items()):
@@ -44,11 +46,11 @@ def mupc_table() -> str:
     return "\n".join(out)
 
 
-def bf16_table() -> str:
+def bf16_table(records=None) -> str:
     from _common import ci95
 
     rows: dict = {}
-    for r in _records("bf16_accuracy"):
+    for r in _records("bf16_accuracy") if records is None else records:
         rows.setdefault(r["precision"], {})[r["seed"]] = r
     out = ["| precision | seeds | test accuracy % (mean ± sd) | 95 % CI half-width | "
            "ms / step (median, loaded CPU) |", "| --- | ---: | ---: | ---: | ---: |"]
