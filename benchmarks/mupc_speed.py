@@ -12,8 +12,9 @@ MNIST-sized input (784) and output (10), random data.
   inside the scan body), ``jax.grad`` of a hand-written energy, one ``jax.jit``.
 
 Both start from the same weights; the script checks that they give the same energies and
-updated weights before timing. Each function is warmed up, then timed interleaved with
-``block_until_ready``; the median over repeats is reported with the ratio pcgraph / hand-written.
+updated weights before timing. Each function is warmed up, then timed in paired interleaved rounds
+(``_paired``: every round calls each once); the ratio pcgraph / hand-written is the median of the
+per-round ratios. Records go to ``benchmarks/results/mupc_speed.jsonl``.
 The issue's target is ≤ 15 ms per iteration at width 512, H = T = 128 on an H100.
 
 Full size (any device; the issue's GPU measurement)::
@@ -22,15 +23,14 @@ Full size (any device; the issue's GPU measurement)::
 
 Reduced CPU runs (docs/results.md)::
 
-    python benchmarks/mupc_speed.py --width 128 --depth 32 --repeats 10 --stack auto false true
+    python benchmarks/mupc_speed.py --width 128 --depth 32 --repeats 40 --stack auto false true
     python benchmarks/mupc_speed.py --width 512 --depth 128 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,60 +45,11 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from pcgraph import make_train_step  # noqa: E402
+from _paired import paired_rounds, summary  # noqa: E402
+from _mupc_hand import W_LR, ACT_LR, hand_params, hand_written_step, stacked_step  # noqa: E402
 from mupc_depth import machine, resnet_mupc  # noqa: E402
 
 D, C = 784, 10
-ACT_LR, W_LR = 0.5, 0.05
-
-
-def hand_written_step(depth: int, width: int, T: int):
-    """The μPC step in plain JAX, one matmul per layer; params = (W_in, [W_hidden...], W_out)."""
-    a_in, a_hid, a_out = 1 / math.sqrt(D), 1 / math.sqrt(width * depth), 1 / width
-    opt = optax.adam(W_LR)
-    relu = jax.nn.relu
-
-    def preds(params, zs, x):
-        W_in, Ws, W_out = params
-        out = [a_in * (x @ W_in)]
-        for W, z in zip(Ws, zs[:-1]):
-            out.append(z + a_hid * (relu(z) @ W))
-        return out, a_out * (relu(zs[-1]) @ W_out)
-
-    def energy(params, zs, x, y):
-        mus, yhat = preds(params, zs, x)
-        B = x.shape[0]
-        e = sum(jnp.sum((z - m) ** 2) for z, m in zip(zs, mus))
-        return 0.5 * (e + jnp.sum((y - yhat) ** 2)) / B
-
-    def forward(params, x):
-        W_in, Ws, _ = params
-        zs = [a_in * (x @ W_in)]
-        for W in Ws:
-            zs.append(zs[-1] + a_hid * (relu(zs[-1]) @ W))
-        return zs
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        zs = forward(params, x)
-        F0 = energy(params, zs, x, y)
-        gz = jax.grad(energy, argnums=1)
-
-        def body(zs, _):
-            g = gz(params, zs, x, y)
-            return [z - ACT_LR * gi for z, gi in zip(zs, g)], None
-
-        zs, _ = jax.lax.scan(body, zs, None, length=T)
-        zs = jax.lax.stop_gradient(zs)
-        F1, grads = jax.value_and_grad(energy)(params, zs, x, y)
-        upd, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, F0, F1
-
-    return step, opt
-
-
-def hand_params(net, depth: int):
-    W = lambda n: net.term_params(n)[0]["W"]  # noqa: E731
-    return (W("x->h1"), [W(f"h{i - 1}->h{i}[0]") for i in range(2, depth)], W(f"h{depth - 1}->y"))
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -118,6 +69,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--stack", nargs="+", default=["auto"], choices=["auto", "false", "true"])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"
+                                         / "mupc_speed.jsonl"))
     args = ap.parse_args(argv)
     H, N, B = args.depth, args.width, args.batch
     T = args.steps or H
@@ -153,6 +106,12 @@ def main(argv=None) -> None:
     hp_new, _, F0, F1 = hstep(hp, hst, x, y)
     jax.block_until_ready(F1)
     fns["hand-written per-layer JAX"] = (lambda: hstep(hp, hst, x, y)[3], time.perf_counter() - t)
+    sstep, sopt = stacked_step(H, N, T)
+    sp = hand_params(net, H, stacked=True)
+    sst = sopt.init(sp)
+    t = time.perf_counter()
+    jax.block_until_ready(sstep(sp, sst, x, y)[3])
+    fns["hand-written stacked JAX"] = (lambda: sstep(sp, sst, x, y)[3], time.perf_counter() - t)
 
     # the same computation: energies and updated weights agree
     np.testing.assert_allclose(float(m["energy_start"]), float(F0), rtol=1e-4)
@@ -160,19 +119,24 @@ def main(argv=None) -> None:
     np.testing.assert_allclose(np.asarray(new.term_params(f"h{H // 2 - 1}->h{H // 2}[0]")[0]["W"]),
                                np.asarray(hp_new[1][H // 2 - 2]), rtol=1e-3, atol=1e-5)
 
-    times = {k: [] for k in fns}
-    for _ in range(args.repeats):  # interleaved
-        for k, (fn, _) in fns.items():
-            times[k] += timed(fn, 1)
-    hand = statistics.median(times["hand-written per-layer JAX"])
+    times = paired_rounds({k: fn for k, (fn, _) in fns.items()}, args.repeats)
+    summ = summary(times, "hand-written per-layer JAX")
     print(f"# mupc_speed on {machine()}: width {N}, H = {H}, T = {T}, batch {B}, "
-          f"{args.repeats} interleaved repeats (median); energies and weights checked equal")
-    print("| implementation | ms / iteration (median) | min | compile s | ratio to hand-written |")
+          f"{args.repeats} paired interleaved rounds; energies and weights checked equal")
+    print("| implementation | ms / iteration (median) | min | compile s | ratio to hand-written "
+          "(median of per-round ratios) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for k, (_, comp) in fns.items():
-        med = statistics.median(times[k])
-        print(f"| {k} | {1e3 * med:.1f} | {1e3 * min(times[k]):.1f} | {comp:.1f} | "
-              f"{med / hand:.2f} |")
+        s = summ[k]
+        s["compile_s"] = comp
+        print(f"| {k} | {s['ms_median']:.1f} | {s['ms_min']:.1f} | {comp:.1f} | "
+              f"{s['ratio_median']:.3f} |")
+    if args.out:
+        rec = {"benchmark": "mupc_speed", "width": N, "depth": H, "T": T, "batch": B,
+               "rounds": args.repeats, "machine": machine(), "results": summ, "seconds": times,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(args.out, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ TABLES = {
     "theory_landscape": _module_table("theory_landscape"),
     "scaling": _printed,
     "reproducibility": _reproducibility,
+    "step_speed": _module_table("speed_tables", "step_table"),
+    "mupc_speed": _module_table("speed_tables", "mupc_table"),
+    "bf16_accuracy": _module_table("speed_tables", "bf16_table"),
 }
 
 

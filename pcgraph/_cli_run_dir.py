@@ -20,11 +20,12 @@ METRICS = "metrics.jsonl"
 # options that change the training trajectory (must match on --resume)
 TRAJECTORY = ("data", "fraction", "val_fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
               "activity_lr", "weight_lr", "optimizer", "algorithm", "batch_size", "query",
-              "test_query", "weight_decay", "activity_optimizer", "parameterisation", "normalize")
+              "test_query", "weight_decay", "activity_optimizer", "parameterisation", "normalize",
+              "precision")
 # resolved hyperparameters that must match the checkpoint on --resume
 CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", "weight_optimizer",
                      "weight_decay", "init", "solver", "algorithm", "batch_size",
-                     "parameterisation")
+                     "parameterisation", "precision")
 
 
 def append_jsonl(path: Path, records) -> None:

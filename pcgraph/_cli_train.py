@@ -49,6 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 
     out = Path(args.out or default_dir(model.name, args.algorithm))
     cli = {k: getattr(args, k, None) for k in TRAJECTORY}
+    cli["steps_per_dispatch"] = getattr(args, "steps_per_dispatch", None)  # not a trajectory option
     cli["data_dir"] = args.data_dir
     meta = resume_options(cli, out / CHECKPOINT) if args.resume else None
     epochs = args.epochs if args.epochs is not None else (meta or {}).get("cli", {}).get("epochs")
@@ -122,7 +123,8 @@ def _resolve(model, cli: dict, epochs):
             weight_optimizer=cli["optimizer"], init=cli["init"], solver=cli["solver"],
             epochs=epochs, batch_size=cli["batch_size"], weight_decay=cli["weight_decay"],
             activity_optimizer=cli["activity_optimizer"],
-            parameterisation=cli["parameterisation"], normalize=cli["normalize"])
+            parameterisation=cli["parameterisation"], normalize=cli["normalize"],
+            precision=cli["precision"], steps_per_dispatch=cli.get("steps_per_dispatch"))
     except (RunError, ValueError) as e:
         raise CliError(str(e)) from None
 

@@ -28,6 +28,7 @@ import optax
 
 from ._errors import Error
 from ._registry import (
+    PRECISIONS,
     ACTIVITY_SCALES,
     ALGORITHMS,
     DEFAULT_SETTINGS,
@@ -181,6 +182,17 @@ class Initialisation:
 
     def replace(self, **changes) -> "Initialisation":
         return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------ precision
+def precision_dtype(precision: str):
+    """The storage dtype of the ``precision`` setting: ``fp32`` → None (JAX's default float:
+    float32, float64 under ``jax.enable_x64``), ``bf16`` → bfloat16 (weights and activities; the
+    energies and the matmuls' accumulation stay in float32, ``_energy``/``_kernels``)."""
+    import jax.numpy as jnp
+
+    _known("precision", precision, PRECISIONS)
+    return jnp.bfloat16 if precision == "bf16" else None
 
 
 # ------------------------------------------------------------------------------ the run

@@ -50,6 +50,7 @@ class EpochStats:
     sums: dict = field(default_factory=lambda: {"energy": 0.0, "energy_end": 0.0, "loss": 0.0})
     count: int = 0
     compile_s: float = 0.0
+    compile_steps: int = 1  # steps run by the compiling call (a chunk of them when chunked)
     train_time: float = 0.0
     steps: int = 0
     last_finite: dict = field(default_factory=dict)
@@ -58,7 +59,7 @@ class EpochStats:
     def metrics(self, epoch: int, step: int, record: Mapping) -> dict:
         """The epoch's training metrics (evaluation fills ``*_accuracy`` / ``*_mse``)."""
         c = max(self.count, 1)
-        timed = self.steps - (1 if self.compile_s else 0)
+        timed = self.steps - (self.compile_steps if self.compile_s else 0)
         return {
             "type": "epoch", "epoch": epoch + 1, "step": step,
             "energy": self.sums["energy"] / c, "energy_end": self.sums["energy_end"] / c,

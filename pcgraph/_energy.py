@@ -34,6 +34,19 @@ from ._plan import Acts, NodeGroup
 from ._query import QueryPlan
 
 
+LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def accumulation_dtype(dtype):
+    """The dtype energies are computed in: float32 for bf16/fp16 activities (``precision =
+    bf16``: low-precision storage and matmuls, fp32 energies), else the activities' own."""
+    return jnp.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _acc(x):
+    return x if x is None or x.dtype not in LOW_PRECISION else x.astype(jnp.float32)
+
+
 def _all_need(net: Network) -> tuple[bool, ...]:
     return tuple(g.has_parents or g.prior is not None for g in net.plan.groups)
 
@@ -86,7 +99,7 @@ def _group_parts(net: Network, h: Acts, query: QueryPlan | None, observed=None):
     for gi, grp in enumerate(plan.groups):
         if not need[gi]:
             continue
-        dens = _elementwise(net, gi, grp, h[gi], pre[gi])
+        dens = _elementwise(net, gi, grp, _acc(h[gi]), _acc(pre[gi]))
         if dens is None:
             continue
         m = _mask(query.counts[gi] if query is not None else None, dens.ndim, dens.dtype)
@@ -112,7 +125,7 @@ def energy(net: Network, h: Acts, query: QueryPlan | None = None, observed=None)
     ``observed`` (per group ``None`` or a 0/1 ``[G, B, *shape]`` mask, see ``observed_masks``)
     so are the missing elements of partly clamped leaves."""
     B = h[0].shape[1]
-    total = jnp.zeros((), h[0].dtype)
+    total = jnp.zeros((), accumulation_dtype(h[0].dtype))
     for _, dens, m in _group_parts(net, h, query, observed):
         total = total + (jnp.sum(dens) if m is None else jnp.sum(dens * m))
     return total / B

@@ -43,7 +43,7 @@ from ._ir import ModelIR
 from ._learn import TrainStep, make_train_step
 from ._network import Network
 from ._query import compile_query
-from ._registry import EVAL_BATCH_SIZE
+from ._registry import DEFAULT_SETTINGS, EVAL_BATCH_SIZE
 from ._validation import BestEpoch, split_validation, validation_metrics
 
 
@@ -193,7 +193,9 @@ def fit(
         eval_data = data if isinstance(data, _data.Dataset) else False
     step_fn = make_train_step(net, query, method=config.algorithm, inference=config.inference,
                               init=config.init, weight_optimizer=config.weight_optimizer,
-                              record_node_energies=config.algorithm != "bp", jit=mesh is None)
+                              record_node_energies=config.algorithm != "bp", jit=mesh is None,
+                              precision=config.record.get("precision",
+                                                          DEFAULT_SETTINGS["precision"]))
     if state is None:
         state = TrainState(opt_state=step_fn.optimizer.init(eqx.filter(net, eqx.is_inexact_array)),
                            carry=step_fn.init_carry(net, config.batch_size, carry_key(seed)))
@@ -212,7 +214,9 @@ def fit(
               else None)
     evaluator = Evaluator(config.inference, eval_init(net, test_query, config.init), mesh)
     host = _sharding_hook(mesh, step_fn, net, state, config.batch_size)  # identity on one device
-    epoch_run = EpochSteps(step_fn, tracer, check_every, _emitter(callback), steps_per_epoch)
+    epoch_run = _epoch_runner(config, train, step_fn, tracer, check_every, callback,
+                              steps_per_epoch, mesh, seed, balanced)
+    record["steps_per_dispatch"] = getattr(epoch_run, "k", 1)
 
     def evaluation(net_, carry) -> dict:
         return {**_evaluation(evaluator, net_, train, eval_data, test_query, query,
@@ -225,6 +229,23 @@ def fit(
                    seed, balanced, best.wrap(callback), trace_inference, host)
     return dataclasses.replace(result, best_epoch=best.epoch, best_net=best.net,
                                best_state=best.state)
+
+
+def _epoch_runner(config: Config, train: TrainData, step_fn: TrainStep, tracer, check_every: int,
+                  callback, steps_per_epoch: int, mesh, seed: int, balanced: bool) -> EpochSteps:
+    """The epoch's step runner: one dispatch per step, or ``K`` per dispatch (``_chunked``;
+    the ``steps_per_dispatch`` setting, 0 = automatic)."""
+    from ._chunked import ChunkedEpochSteps, batch_bytes, steps_per_dispatch
+
+    requested = int(config.record.get("steps_per_dispatch",
+                                      DEFAULT_SETTINGS["steps_per_dispatch"]) or 0)
+    first = next(iter(train.batches(config.batch_size, seed=seed, epoch=0, balanced=balanced)))
+    k = steps_per_dispatch(requested, steps_per_epoch, batch_bytes(first), mesh is not None)
+    if mesh is not None and k > 1:
+        raise ValueError("steps_per_dispatch > 1 is not supported on a device mesh (mesh=)")
+    if k == 1:
+        return EpochSteps(step_fn, tracer, check_every, _emitter(callback), steps_per_epoch)
+    return ChunkedEpochSteps(step_fn, tracer, check_every, _emitter(callback), steps_per_epoch, k)
 
 
 def _emitter(callback):

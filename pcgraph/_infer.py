@@ -136,17 +136,19 @@ def reimpose(free, free0, masks):
 
 # ------------------------------------------------------------------------------ dispatch
 def infer(net: Network, query: QueryPlan, h0: Acts, inference: Inference | None = None, *,
-          record: bool = False, observed=None) -> InferResult:
+          record: bool = False, observed=None, energies: bool = True) -> InferResult:
     """Relax the free activities of ``query`` from ``h0`` by ``inference`` (a
     :class:`GradientDescent`, the default, or a :class:`GradientFlow`).
 
     ``record``: keep every step's free activities (``trajectory``) and, for a flow, every step's
     energy (``energies``, padded with ``inf`` after the last step). ``observed``: the element masks
-    of partly clamped nodes (:func:`observed_masks`)."""
+    of partly clamped nodes (:func:`observed_masks`). ``energies=False``: GD does not evaluate F
+    at each step (``energies`` is None; only ``∇F`` is computed, which saves a reduction pass
+    over every node per step) — for callers that read only ``h``."""
     query.check(net)
     inference = GradientDescent() if inference is None else inference
     if isinstance(inference, GradientDescent):
-        return _descend(net, query, h0, inference, record, observed)
+        return _descend(net, query, h0, inference, record, observed, energies)
     if isinstance(inference, GradientFlow):
         return _flow(net, query, h0, inference, record, observed)
     raise TypeError(f"inference must be a GradientDescent or a GradientFlow, not "
@@ -158,8 +160,18 @@ def _frozen_where(done, old, new):
 
 
 # ------------------------------------------------------------------------------ discrete
+#: the inference scan's unroll factor by T: short loops fully unrolled (XLA then schedules and
+#: fuses across steps, no loop-carried copies), longer ones by this factor (bounded compile time)
+FULL_UNROLL_MAX, PARTIAL_UNROLL = 8, 2
+
+
+def scan_unroll(steps: int) -> int:
+    """``lax.scan``'s ``unroll`` for ``steps`` inference steps (benchmarks/step_speed.py)."""
+    return steps if steps <= FULL_UNROLL_MAX else PARTIAL_UNROLL
+
+
 def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
-             record: bool, observed=None) -> InferResult:
+             record: bool, observed=None, keep_energies: bool = True) -> InferResult:
     """``cfg.steps`` optimiser steps on the free activities (one scan, or a while loop when
     ``cfg.tol`` may stop it early and nothing is recorded)."""
     steps, tol = int(cfg.steps), float(cfg.tol)
@@ -211,10 +223,13 @@ def _descend(net: Network, query: QueryPlan, h0: Acts, cfg: GradientDescent,
             else:
                 free, ost = update(free, ost, g)
                 n = n + 1
-            return (free, ost, done, n), (val, gn, free if record else None)
+            # an unused F is dead code: XLA drops its reductions from the loop body
+            keep = keep_energies or record
+            return (free, ost, done, n), (val if keep else None, gn, free if record else None)
 
         c = (free0, ost0, jnp.asarray(False), jnp.asarray(0))
-        (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps)
+        (free, _, done, n), (energies, gns, traj) = jax.lax.scan(body, c, None, length=steps,
+                                                                 unroll=scan_unroll(steps))
         gn = gns[-1] if (tol > 0 or record) else _norm(grad_fn(free)[1])
     h = set_leaves(net, merge_free(h0, query, free), query, observed)
     return InferResult(h, energies, traj, n, gn, done)

@@ -69,10 +69,14 @@ def _apply_step(st: StepSpec, p: Mapping[str, jax.Array], x):
         return x.reshape(E, B, -1)
     if st.kind == "dense":
         W = p["W"]
+        # bf16 / fp16 storage: the products accumulate in fp32 (then stored back)
+        acc = jnp.float32 if x.dtype in (jnp.bfloat16, jnp.float16) else None
         if E == 1:
-            y = (x[0] @ W[0])[None]
+            y = jnp.matmul(x[0], W[0], preferred_element_type=acc)[None]
         else:
-            y = jnp.einsum("ebi,eio->ebo", x, W)
+            y = jnp.einsum("ebi,eio->ebo", x, W, preferred_element_type=acc)
+        if acc is not None:
+            y = y.astype(x.dtype)
         if "b" in p:
             y = y + p["b"][:, None, :]
         if len(st.out_shape) != 1:

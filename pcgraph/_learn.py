@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import PRNGKeyArray
 
-from ._config import GradientDescent, Inference, Initialisation, resolve_config, with_steps
+from ._config import (GradientDescent, Inference, Initialisation, precision_dtype,
+                      resolve_config, with_steps)
 from ._cost import step_cost
 from ._custom_types import Batch
 from ._energy import energy, forward_acts, node_energies, node_prediction, topological_order
@@ -97,6 +98,7 @@ class TrainStep:
             self.traces += 1
             return fn(*args)
 
+        self.traced = counted  # the pure step, counting traces (``_chunked`` scans it)
         self._fn = eqx.filter_jit(counted) if jit else counted
 
     @property
@@ -165,11 +167,15 @@ def make_train_step(
     weight_optimizer: optax.GradientTransformation | None = None,
     record_node_energies: bool = False,
     jit: bool = True,
+    precision: str = "fp32",
 ) -> TrainStep:
     """One jitted training step for ``query`` (``method`` = pc | ipc | bp).
 
     ``inference`` (a ``GradientDescent`` or ``GradientFlow``), ``init`` (an ``Initialisation``)
-    and ``weight_optimizer`` (optax) default to the model's settings."""
+    and ``weight_optimizer`` (optax) default to the model's settings. ``precision = "bf16"``
+    (pc, bp): the step reads a bf16 copy of the weights (matmuls accumulate in fp32); activities,
+    energies, the weights, their gradients and the optimiser state stay at the network's own
+    precision (docs/speed.md: bf16 optimiser moments stall, bf16 activities collapse training)."""
     if method not in ALGORITHMS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(ALGORITHMS)}")
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
@@ -178,26 +184,53 @@ def make_train_step(
         _no_partial(q, f"trained on by method {method!r} (method 'pc' is)")
     inference, init, wopt = _defaults(net, inference, init, weight_optimizer)
     L = net.plan.longest_path
+    cast = compute_cast(precision)
     if method == "bp":
-        return TrainStep(_bp_step(topological_order(net, q.clamp), q, wopt), wopt, q, method, jit, None,
-                         step_cost("bp", inference.steps, 0, L))
+        return TrainStep(_bp_step(topological_order(net, q.clamp), q, wopt, cast), wopt, q, method,
+                         jit, None, step_cost("bp", inference.steps, 0, L))
     initer = make_initialiser(net, q, init, train=True)
     smm = step_cost(method, inference.steps, initer.smm, L)
     if method == "ipc" and not isinstance(inference, GradientDescent):
         raise ValueError("iPC runs discrete steps: use solver = gd (a GradientDescent)")
-    build = _pc_step if method == "pc" else _ipc_step
-    fn = build(q, inference, initer, wopt, record_node_energies)
+    if method == "pc":
+        fn = _pc_step(q, inference, initer, wopt, record_node_energies, cast)
+    elif cast is not None:
+        raise ValueError("precision = bf16 trains with pc or bp, not ipc")
+    else:
+        fn = _ipc_step(q, inference, initer, wopt, record_node_energies)
     return TrainStep(fn, wopt, q, method, jit, initer, smm)
 
 
-def _bp_step(order: tuple[str, ...], q: QueryPlan, wopt):
+def compute_cast(precision: str):
+    """None (compute at the network's precision) or a function casting a network's floating
+    arrays to the ``precision`` setting's compute dtype."""
+    dtype = precision_dtype(precision)
+    if dtype is None:
+        return None
+
+    def cast(tree):
+        return jax.tree_util.tree_map(
+            lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+    return cast
+
+
+def _same_dtypes(new, old):
+    """``new`` (an initialiser state computed at the compute precision) at ``old``'s dtypes."""
+    return jax.tree_util.tree_map(
+        lambda a, b: a.astype(b.dtype) if eqx.is_inexact_array(a) else a, new, old)
+
+
+def _bp_step(order: tuple[str, ...], q: QueryPlan, wopt, cast=None):
     """Backprop through the forward pass of the DAG from the clamped roots (the baseline)."""
     q_out = q.with_counts(q.clamped_targets)
+    use = cast or (lambda n: n)
 
     def bp_step(net_, opt_state, batch, key, carry):
         h = clamp_data(net_, q, batch)
 
         def loss(n):
+            n = use(n)
             return energy(n, forward_acts(n, h, order), q_out)
 
         val, grads = eqx.filter_value_and_grad(loss)(net_)
@@ -215,45 +248,56 @@ def _init_acts(q: QueryPlan, inference: Inference, initer):
     first batch (from a longer relaxation from zero where forward is impossible), initialise."""
     ref = with_steps(inference, max(inference.steps, int(initer.options["mem_ref_steps"])))
 
-    def init_acts(net_, batch, key, carry):
-        h = clamp_data(net_, q, batch)
-        carry = initer.prepare(net_, h, carry, lambda hh: infer(net_, q, hh, ref).h)
+    def init_acts(net_, batch, key, carry, dtype=None):
+        h = clamp_data(net_, q, batch, dtype)
+        carry = initer.prepare(net_, h, carry,
+                               lambda hh: infer(net_, q, hh, ref, energies=False).h)
         return h, initer(net_, h, carry, key), carry
 
     if q.partial:  # observed elements of partly clamped nodes held at the data
         plain = init_acts
 
-        def init_acts(net_, batch, key, carry):
-            h, h0, carry = plain(net_, batch, key, carry)
+        def init_acts(net_, batch, key, carry, dtype=None):
+            h, h0, carry = plain(net_, batch, key, carry, dtype)
             return h, impose_observed(q, h0, h, observed_masks(net_, q, batch, h[0].dtype)), carry
 
     return init_acts
 
 
-def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energies: bool):
-    """initialise → infer → stop_gradient → ∂F/∂θ at the relaxed activities → optax update."""
+def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energies: bool,
+             cast=None):
+    """initialise → infer → stop_gradient → ∂F/∂θ at the relaxed activities → optax update.
+    ``cast``: compute with a cast copy of the weights (``precision``); ∂F/∂θ flows back through
+    the cast to the network's own dtype."""
     init_acts = _init_acts(q, inference, initer)
     q_out = q.with_counts(_targets(q))
-    scanned = isinstance(inference, GradientDescent) and inference.steps > 0 and q.free_groups
+    use = cast or (lambda n: n)
 
     def pc_step(net_, opt_state, batch, key, carry):
-        h, h0, carry = init_acts(net_, batch, key, carry)
-        obs = observed_masks(net_, q, batch, h[0].dtype)  # None without partial observations
-        res = infer(net_, q, h0, inference, observed=obs)
+        nc = use(net_)
+        carry_in = carry
+        # activities stay at the network's own precision (bf16 activities collapse training:
+        # docs/speed.md); only the weights the loop reads are cast
+        h, h0, carry = init_acts(nc, batch, key, carry, net_.dtype)
+        obs = observed_masks(nc, q, batch, h[0].dtype)  # None without partial observations
+        # F at t = 0 once, not F at every inference step (only ∇F is needed in the loop)
+        res = infer(nc, q, h0, inference, observed=obs, energies=False)
         hs = jax.lax.stop_gradient(res.h)
-        F_end, grads = eqx.filter_value_and_grad(lambda n: energy(n, hs, q, obs))(net_)
-        F0 = res.energies[0] if scanned else energy(net_, h0, q, obs)
-        carry, init_loss = initer.update(net_, carry, h, hs)
+        F_end, grads = eqx.filter_value_and_grad(lambda n: energy(use(n), hs, q, obs))(net_)
+        F0 = energy(nc, h0, q, obs)
+        carry, init_loss = initer.update(nc, carry, h, hs)
+        if cast is not None and carry_in is not None:
+            carry = _same_dtypes(carry, carry_in)
         metrics = {
             "energy_start": F0,
             "energy_end": F_end,
-            "loss": energy(net_, h0, q_out, obs),
-            "loss_end": energy(net_, hs, q_out, obs),
+            "loss": energy(nc, h0, q_out, obs),
+            "loss_end": energy(nc, hs, q_out, obs),
             "steps": res.steps,
             "init_loss": init_loss,
         }
         if record_node_energies:
-            metrics["node_energies"] = node_energies(net_, hs, q)
+            metrics["node_energies"] = node_energies(nc, hs, q)
         updates, opt_state = wopt.update(grads, opt_state, _params(net_))
         net_ = eqx.apply_updates(net_, updates)
         return net_, opt_state, metrics, carry
@@ -352,7 +396,7 @@ def make_eval_step(
         if direct_order is not None:
             hf = forward_acts(net_, h, direct_order)
         else:
-            hf = infer(net_, q, initer(net_, h, carry, key), inference).h
+            hf = infer(net_, q, initer(net_, h, carry, key), inference, energies=False).h
         if reconstruct is not None:
             x = net_.get(h, reconstruct)
             mu = node_prediction(net_, hf, reconstruct)

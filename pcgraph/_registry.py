@@ -48,6 +48,12 @@ ACTIVITY_SCALES = ("sample", "batch")
 INIT_METHODS = ("auto", "zero", "random", "null", "forward", "avg", "mem", "amortised", "sweep")
 #: the initialisation methods that carry state between batches
 STATEFUL_INITS = ("null", "avg", "mem", "amortised")
+#: ``precision``: the float formats weights and activities are stored in
+PRECISIONS = ("fp32", "bf16")
+#: ``steps_per_dispatch = 0`` (automatic): at most this many steps per dispatch, and at most this
+#: many bytes of stacked batches on the device (``_chunked.steps_per_dispatch``)
+AUTO_STEPS_PER_DISPATCH = 32
+AUTO_DISPATCH_BYTES = 64 * 2 ** 20
 #: pixel scaling of image data sets (``data.load(normalize=...)``, setting ``normalize``)
 NORMALIZATIONS = ("standardize", "unit")
 
@@ -88,6 +94,10 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("seed", 0, "seed of the parameters and the batch order", minimum="nonnegative"),
     Setting("epochs", 10, "training epochs", minimum="positive"),
     Setting("batch_size", 64, "training batch size", minimum="positive"),
+    Setting("steps_per_dispatch", 0, "training steps per dispatch, a lax.scan over a chunk of "
+            "batches (0: automatic)", minimum="nonnegative"),
+    Setting("precision", "fp32", "storage of weights and activities: fp32, or bf16 (energies "
+            "and matmul accumulation in fp32)", PRECISIONS),
     Setting("normalize", "standardize",
             "pixel scaling: standardize (per-channel mean 0, std 1) or unit ([0, 1])",
             NORMALIZATIONS),
