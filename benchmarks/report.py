@@ -80,6 +80,7 @@ TABLES = {
     "step_speed": _module_table("speed_tables", "step_table"),
     "mupc_speed": _module_table("speed_tables", "mupc_table"),
     "bf16_accuracy": _module_table("speed_tables", "bf16_table"),
+    "dispatch_speed": _module_table("speed_tables", "dispatch_table"),
 }
 
 

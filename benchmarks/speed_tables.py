@@ -1,7 +1,7 @@
 """The issue-14 tables of docs/results.md (hooked into ``benchmarks/report.py``) from the raw records in benchmarks/results/*.jsonl
 (the latest record per configuration).
 
-    python benchmarks/speed_tables.py [step|mupc|bf16]
+    python benchmarks/speed_tables.py [step|mupc|bf16|dispatch]
 """
 
 from __future__ import annotations
@@ -46,6 +46,24 @@ def mupc_table(records=None) -> str:
     return "\n".join(out)
 
 
+WORKLOADS = {"digits": "digits MLP (64 → 64 → 64 → 10, T = 10, batch 64)",
+             "mupc": "μPC width 128, H = T = 16, batch 64"}
+
+
+def dispatch_table(records=None) -> str:
+    records = _records("dispatch_speed") if records is None else records
+    latest = {r["work"]: r for r in records}
+    out = ["| workload | steps / epoch | K (auto) | steps/s K = 1 | steps/s K = auto | "
+           "throughput ratio (range over rounds) | rounds |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for work, r in latest.items():
+        out.append(f"| {WORKLOADS.get(work, work)} | {r['steps_per_epoch']} | {r['k']} | "
+                   f"{r['steps_per_s_k1']:.1f} | {r['steps_per_s_auto']:.1f} | "
+                   f"**{r['ratio_median']:.2f}** ({r['ratio_min']:.2f}–{r['ratio_max']:.2f}) | "
+                   f"{r['rounds']} |")
+    return "\n".join(out)
+
+
 def bf16_table(records=None) -> str:
     from _common import ci95
 
@@ -74,7 +92,8 @@ def bf16_table(records=None) -> str:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    which = sys.argv[1:] or ["step", "mupc", "bf16"]
-    for w in which:
-        print({"step": step_table, "mupc": mupc_table, "bf16": bf16_table}[w]())
+    tables = {"step": step_table, "mupc": mupc_table, "bf16": bf16_table,
+              "dispatch": dispatch_table}
+    for w in sys.argv[1:] or tables:
+        print(tables[w]())
         print()
