@@ -257,8 +257,6 @@ def draw(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch, Patch
 
     out = Path(out)
     G = to_graph(model)
@@ -277,10 +275,30 @@ def draw(
     fig_h = min(max(3.5, h_units * scale * 0.8), 40.0)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     big = n > 40
-    node_size = 900 if not big else 380
-    font = 8 if not big else 5
 
-    # edges: one arrow per term along its route (skip edges detour around the nodes between)
+    kinds_seen = _draw_edges(ax, G, pos, routes, cyc, big)
+    _draw_nodes(ax, G, pos, roles, big)
+    _draw_legend(ax, roles, kinds_seen, bool(model.amortised), bool(cyc))
+
+    t = title or model.name
+    if query:
+        t += f"  (query: {query})"
+    ax.set_title(t)
+    ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
+    ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
+    ax.set_aspect("auto")
+    ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110 if not big else 130, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _draw_edges(ax, G, pos, routes, cyc, big: bool) -> set[str]:
+    """One arrow per term along its route (skip edges detour around the nodes between); returns
+    the kinds of term drawn (for the legend)."""
+    from matplotlib.patches import FancyArrowPatch
     from matplotlib.path import Path as MplPath
 
     def self_loop(u, color, style, lw=1.4):
@@ -312,8 +330,12 @@ def draw(
         st = _term_style(r["kind"])
         color = CYCLE if (r["src"], r["dst"]) in cyc else st["color"]
         polyline(r["route"], color, st["style"])
+    return kinds_seen
 
-    # nodes
+
+def _draw_nodes(ax, G, pos, roles, big: bool) -> None:
+    """Nodes coloured by their role in the query, named, with their shapes (small graphs)."""
+    node_size, font = (900, 8) if not big else (380, 5)
     colours = {"clamped": CLAMPED, "read": READ, "free": FREE}
     names = sorted(G.nodes, key=natural_key)
     ax.scatter(
@@ -333,7 +355,11 @@ def draw(
             ax.text(x, y - 0.28, _shape_str(ir.shape), ha="center", va="top", fontsize=font - 1,
                     color="#555555", zorder=4)
 
-    # legend
+
+def _draw_legend(ax, roles, kinds_seen: set[str], amortised: bool, cyclic: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles = []
     if roles:
         handles += [
@@ -346,24 +372,10 @@ def draw(
         if k in kinds_seen:
             st = _term_style(k)
             handles.append(Line2D([], [], color=st["color"], linestyle=st["style"], label=names_k[k]))
-    if model.amortised:
+    if amortised:
         handles.append(Line2D([], [], color=AMORTISED, linestyle="dotted", label="amortised ~>"))
-    if cyc:
+    if cyclic:
         handles.append(Line2D([], [], color=CYCLE, label="on a cycle"))
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
                   frameon=False)
-
-    t = title or model.name
-    if query:
-        t += f"  (query: {query})"
-    ax.set_title(t)
-    ax.set_xlim(min(xs) - 1.0, max(xs) + 1.0)
-    ax.set_ylim(min(ys) - 1.0, max(ys) + 1.0)
-    ax.set_aspect("auto")
-    ax.axis("off")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110 if not big else 130, bbox_inches="tight")
-    plt.close(fig)
-    return out

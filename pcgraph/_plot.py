@@ -110,71 +110,20 @@ def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> P
     for a in flat[len(panels):]:
         a.axis("off")
 
-    def log_if_positive(ax, values):
-        if values and all(v > 0 for v in values) and max(values) / min(values) > 20:
-            ax.set_yscale("log")
-
-    # steps per epoch, to put step records on the epoch axis
-    spe = None
+    spe = None  # steps per epoch, to put step records on the epoch axis
     if epochs and epochs[0].get("step"):
         spe = epochs[0]["step"] / max(epochs[0].get("epoch", 1), 1)
-
-    ax = flat[panels.index("energy")]
-    vals = []
-    if steps and spe:
-        sx = [r["step"] / spe for r in steps if _finite(r.get("energy"))]
-        sy = [r["energy"] for r in steps if _finite(r.get("energy"))]
-        ax.plot(sx, sy, color="#9ab", lw=0.8, label="per step")
-        vals += sy
-    x, y = _series(epochs, "energy")
-    if y:
-        ax.plot(x, y, "o-", color="#1f77b4", label="epoch mean")
-        vals += y
-    log_if_positive(ax, vals)
-    ax.set_title("energy F (train)")
-    ax.set_xlabel("epoch")
-    if vals:
-        ax.legend(fontsize=8)
-
-    ax = flat[panels.index("loss")]
-    vals = []
-    for key, lab, c in (("train_loss", "train", "#d62728"), ("test_loss", "test", "#ff9896")):
-        x, y = _series(epochs, key)
-        if y:
-            ax.plot(x, y, "o-", color=c, label=lab)
-            vals += y
-    log_if_positive(ax, vals)
-    ax.set_title("loss")
-    ax.set_xlabel("epoch")
-    if vals:
-        ax.legend(fontsize=8)
-
+    _energy_panel(flat[panels.index("energy")], epochs, steps, spe)
+    _loss_panel(flat[panels.index("loss")], epochs)
     ax = flat[panels.index("accuracy")]
-    drawn = _figure_panel(ax, epochs)
     ax.set_xlabel("epoch")
-    if drawn:
+    if _figure_panel(ax, epochs):
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no accuracy or MSE recorded", ha="center", va="center",
                 transform=ax.transAxes, color="#777")
-
     if infer:
-        ax = flat[panels.index("inference")]
-        rec = infer[-1]
-        ne = rec["node_energies"]
-        vals = []
-        cmap = plt.get_cmap("viridis")
-        names = list(ne)
-        for i, name in enumerate(names):
-            ys = [v for v in ne[name]]
-            vals += [v for v in ys if _finite(v)]
-            ax.plot(range(len(ys)), ys, color=cmap(i / max(len(names) - 1, 1)),
-                    label=name if len(names) <= 12 else None)
-        log_if_positive(ax, vals)
-        ax.set_title(f"per-node energy over inference (epoch {rec.get('epoch')})")
-        ax.set_xlabel("inference step t")
-        if len(names) <= 12:
-            ax.legend(fontsize=7, ncol=2)
+        _inference_panel(flat[panels.index("inference")], infer[-1], plt.get_cmap("viridis"))
 
     info = run_record(records)
     head = f"{info['model']} ({info['algorithm']}) on {info['data']}" if info else str(Path(run))
@@ -185,3 +134,57 @@ def plot_run(run: str | Path, out: str | Path, *, title: str | None = None) -> P
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _log_if_positive(ax, values) -> None:
+    if values and all(v > 0 for v in values) and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+
+
+def _energy_panel(ax, epochs, steps, spe) -> None:
+    vals = []
+    if steps and spe:
+        sx = [r["step"] / spe for r in steps if _finite(r.get("energy"))]
+        sy = [r["energy"] for r in steps if _finite(r.get("energy"))]
+        ax.plot(sx, sy, color="#9ab", lw=0.8, label="per step")
+        vals += sy
+    x, y = _series(epochs, "energy")
+    if y:
+        ax.plot(x, y, "o-", color="#1f77b4", label="epoch mean")
+        vals += y
+    _log_if_positive(ax, vals)
+    ax.set_title("energy F (train)")
+    ax.set_xlabel("epoch")
+    if vals:
+        ax.legend(fontsize=8)
+
+
+def _loss_panel(ax, epochs) -> None:
+    vals = []
+    for key, lab, c in (("train_loss", "train", "#d62728"), ("test_loss", "test", "#ff9896")):
+        x, y = _series(epochs, key)
+        if y:
+            ax.plot(x, y, "o-", color=c, label=lab)
+            vals += y
+    _log_if_positive(ax, vals)
+    ax.set_title("loss")
+    ax.set_xlabel("epoch")
+    if vals:
+        ax.legend(fontsize=8)
+
+
+def _inference_panel(ax, rec, cmap) -> None:
+    """Per-node energy over the inference steps of the last recorded batch."""
+    ne = rec["node_energies"]
+    vals = []
+    names = list(ne)
+    for i, name in enumerate(names):
+        ys = list(ne[name])
+        vals += [v for v in ys if _finite(v)]
+        ax.plot(range(len(ys)), ys, color=cmap(i / max(len(names) - 1, 1)),
+                label=name if len(names) <= 12 else None)
+    _log_if_positive(ax, vals)
+    ax.set_title(f"per-node energy over inference (epoch {rec.get('epoch')})")
+    ax.set_xlabel("inference step t")
+    if len(names) <= 12:
+        ax.legend(fontsize=7, ncol=2)
