@@ -92,8 +92,9 @@ def collectives(hlo: str) -> list[dict]:
 
 def collective_summary(records: list[dict]) -> dict:
     """``{"per_inference_step": {op: [count, bytes]}, "per_step_outside": {...},
-    "bytes_per_step": total}``: collectives inside the innermost loop (run every inference step)
-    and outside it (once per training step), and the bytes one training step moves per device
+    "bytes_per_step": total}``: collectives inside the innermost loop's body (the inference scan
+    is unrolled by ``_infer.scan_unroll(T)``, so one body holds that many inference steps) and
+    outside it (once per training step), and the bytes one training step moves per device
     (loop collectives times their trip count)."""
     inner = {r["loop"] for r in records if r["loop"] not in (None, -1)}
     per_inf: dict = {}

@@ -20,7 +20,10 @@ from pcgraph._learn import make_train_step  # noqa: E402
 B, WIDTH = 64, 32
 model = pc.load("models/resnet_mupc.pcg", params={"depth": 16, "width": WIDTH})
 net = pc.build(model, stack=True)
-out = {"row_bytes": (B // 2) * WIDTH * 4,
+from pcgraph._infer import scan_unroll  # noqa: E402
+
+T = pc.resolve_config(model.settings).inference.steps
+out = {"row_bytes": (B // 2) * WIDTH * 4, "unroll": scan_unroll(T),
        "param_bytes": sum(a.size * 4 for a in jax.tree_util.tree_leaves(net.params))}
 for mesh in ("data=8", "data=2,layer=4"):
     step = make_train_step(net, "train", jit=False)

@@ -13,7 +13,7 @@ def test_registries_match_the_language():
     assert set(_registry.ODE_SOLVERS) == set(_config.ODE_SOLVERS)
     assert set(_registry.SOLVERS) == {"gd", *_config.ODE_SOLVERS}
     assert set(_registry.INIT_METHODS) - {"auto"} <= set(_init.INITIALISERS)
-    assert set(_init.STATEFUL) <= set(_init.INITIALISERS)
+    assert set(_registry.STATEFUL_INITS) <= set(_init.INITIALISERS)
 
 
 @pytest.mark.parametrize("name", _registry.SETTINGS["activity_optimizer"].choices)

@@ -158,9 +158,9 @@ def _raw_fashion_mnist(folder: Path, n_train: int = 256, n_test: int = 64) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
-        D.write_idx(folder / D._IDX_FILES[f"{split}_images"],
+        D.write_idx(folder / D.IDX_FILES[f"{split}_images"],
                     rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        D.write_idx(folder / D._IDX_FILES[f"{split}_labels"],
+        D.write_idx(folder / D.IDX_FILES[f"{split}_labels"],
                     np.arange(n, dtype=np.uint8) % 10)
     return folder
 
@@ -250,21 +250,21 @@ def test_rows_read_on_demand(tmp_path):
 # ------------------------------------------------------------------------------ HLO
 def test_layer_parallel_inference_exchanges_only_boundary_rows():
     """The compiled step of a 16-layer residual net: data=8 runs no collective per inference step
-    but a scalar all-reduce (the recorded energy); under data=2,layer=4 the inference loop gathers
-    and reshuffles nothing, and its collective-permutes move exactly one [B/2, width] boundary row
-    each."""
+    (the loop computes only ∇F; F is evaluated once, outside it); under data=2,layer=4 the
+    inference loop gathers and reshuffles nothing, and its collective-permutes move exactly one
+    [B/2, width] boundary row each."""
     out = _json(_run([TESTS / "_sharded_hlo.py"]))
     dp, lp = out["data=8"], out["data=2,layer=4"]
-    assert set(dp["per_inference_step"]) == {"all-reduce"}
-    assert dp["per_inference_step"]["all-reduce"][1] <= 16
+    assert not dp["per_inference_step"], dp["per_inference_step"]
     assert dp["per_step_outside"]["all-reduce"][1] >= out["param_bytes"]  # the weight gradient
-    inner = lp["per_inference_step"]
+    # the loop body holds `unroll` inference steps (the scan is unrolled by T: _infer.scan_unroll)
+    inner, k = lp["per_inference_step"], out["unroll"]
     assert set(inner) <= {"collective-permute", "all-reduce"}, inner  # no gather, no reshuffle
     n, nbytes = inner["collective-permute"]
-    assert n >= 1 and nbytes == n * out["row_bytes"], (inner, out["row_bytes"])
+    assert n >= k and n % k == 0 and nbytes == n * out["row_bytes"], (inner, out["row_bytes"])
     # the all-reduces carry the rows the replicated input and output layers exchange with the
-    # stack's ends (and the scalar energy): far less than the stack of activities
-    assert inner["all-reduce"][1] <= 2 * out["row_bytes"] + 64, inner
+    # stack's ends: far less than the stack of activities
+    assert inner.get("all-reduce", (0, 0))[1] <= k * 2 * out["row_bytes"], inner
     assert "batch size 12 does not split over the 8 devices" in out["batch_error"]
 
 
