@@ -180,7 +180,7 @@ def table(a):
         if r["kind"] == "hlo":
             hl[(r["mesh"], r["depth"], r["width"], r["batch"], r.get("init", "forward"))] = r
     if hl:
-        print("| mesh | init | per inference step (×T) | once per training step | bytes per "
+        print("| mesh | init | per inference-loop body (2 steps: ×T/2) | once per training step | bytes per "
               "step per device |")
         print("| --- | --- | --- | --- | --- |")
         for (mesh, d, w, b, init), r in hl.items():
