@@ -9,7 +9,7 @@ device every ``check_every`` steps (no host sync per step).
 
 Per epoch (``FitResult.history``): ``energy`` (mean F at t = 0), ``energy_end`` (mean relaxed F),
 ``train_loss`` (mean output loss at t = 0; for forward initialisation the network's cross-entropy),
-``train_accuracy`` (test query on at most ``train_eval_max`` training examples), ``test_accuracy``
+``train_accuracy`` (test query on at most ``train_eval_max`` training examples; 0: none), ``test_accuracy``
 (or ``test_mse`` for generative models), ``smm_per_update``, ``total_smm`` (``_cost``),
 ``ms_per_step``, ``epoch_time_s``, ``wall_time_s``.
 
@@ -160,9 +160,11 @@ def fit(
 
     ``data``: a ``Dataset`` (train split used; its test split is evaluated each epoch unless
     ``eval_data=False``) or a ``{node: array}`` dict. ``eval_data``: a ``Dataset``/dict to evaluate
-    on each epoch (default: the data set itself), or False. ``callback(event)`` is called with
-    ``{"kind": "start" | "step" | "epoch" | "end", ...}``: step events carry ``epoch``, ``batch``,
-    ``steps_per_epoch``, ``step``, ``energy``, ``loss`` (delivered in bursts of ``check_every``);
+    on each epoch (default: the data set itself), or False; ``train_eval_max``: how many training
+    examples the per-epoch training accuracy uses (0: no training-set evaluation).
+    ``callback(event)`` is called with ``{"kind": "start" | "step" | "epoch" | "end", ...}``:
+    step events carry ``epoch``, ``batch``, ``steps_per_epoch``, ``step``, ``energy``, ``loss``
+    (delivered in bursts of ``check_every``);
     epoch events carry ``metrics``, ``net``, ``state`` (to checkpoint) and ``inference`` (the
     per-node energy trace); a callback returning False at an epoch event stops training there.
 
@@ -342,7 +344,7 @@ def _evaluation(evaluator: Evaluator, net, train: TrainData, eval_data, test_que
     """The per-epoch evaluation metrics (not counted in the training time)."""
     out: dict = {}
     kw = dict(query=test_query, batch_size=batch_size, carry=carry)
-    if train.dataset is not None:
+    if train.dataset is not None and train_max != 0:
         ev = evaluator(net, train.dataset, split="train", train_query=query,
                        max_examples=train_max, **kw)
         if train.binding.generative:

@@ -124,6 +124,13 @@ def test_dict_data(trained, digits, mlp):
     assert out.final["train_accuracy"] is None  # no data set: no train-split evaluation
 
 
+def test_train_eval_max_zero_skips_the_training_split(mlp, digits):
+    out = fit(build(mlp, seed=2), digits, epochs=1, batch_size=128, steps=2, train_eval_max=0,
+              trace_inference=False)
+    assert out.final["train_accuracy"] is None
+    assert out.final["test_accuracy"] > 0.1
+
+
 def test_shape_mismatch_names_node_before_compiling(digits):
     from pcgraph import parse_model
 
