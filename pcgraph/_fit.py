@@ -37,7 +37,7 @@ from . import data as _data
 from ._binding import TrainData
 from ._config import Config, GradientDescent, Initialisation, resolve_config
 from ._divergence import EpochSteps, check_params
-from ._evaluate import Evaluator, eval_init, make_tracer
+from ._evaluate import Evaluator, eval_init as _eval_init, make_tracer
 from ._init import make_initialiser
 from ._ir import ModelIR
 from ._learn import TrainStep, make_train_step
@@ -149,6 +149,7 @@ def fit(
     trace_inference: bool = True,
     mesh: Any = None,
     val_fraction: float | None = None,
+    eval_init: Initialisation | None = None,
     **settings: Any,
 ) -> FitResult:
     """Train ``net`` on ``data`` for ``config.epochs`` epochs (the total: a resumed ``state``
@@ -167,6 +168,9 @@ def fit(
     (delivered in bursts of ``check_every``);
     epoch events carry ``metrics``, ``net``, ``state`` (to checkpoint) and ``inference`` (the
     per-node energy trace); a callback returning False at an epoch event stops training there.
+    ``eval_init``: the activity initialisation of the per-epoch evaluations (default: the
+    training one, ``avg``/``null`` read as forward where the test query allows it; e.g.
+    ``Initialisation()`` tests with the model's own policy after training with ``init="zero"``).
 
     ``val_fraction``: hold out that class-stratified share of the training set (drawn from
     ``seed``; ``_validation``) and record ``val_accuracy`` / ``val_mse`` and ``best_epoch`` every
@@ -214,7 +218,9 @@ def fit(
     tracer = (make_tracer(net, query, config.inference, config.init)
               if config.algorithm != "bp" and isinstance(config.inference, GradientDescent)
               else None)
-    evaluator = Evaluator(config.inference, eval_init(net, test_query, config.init), mesh)
+    if eval_init is None:
+        eval_init = _eval_init(net, test_query, config.init)
+    evaluator = Evaluator(config.inference, eval_init, mesh)
     host = _sharding_hook(mesh, step_fn, net, state, config.batch_size)  # identity on one device
     epoch_run = _epoch_runner(config, train, step_fn, tracer, check_every, callback,
                               steps_per_epoch, mesh, seed, balanced)

@@ -124,11 +124,17 @@ def test_dict_data(trained, digits, mlp):
     assert out.final["train_accuracy"] is None  # no data set: no train-split evaluation
 
 
-def test_train_eval_max_zero_skips_the_training_split(mlp, digits):
-    out = fit(build(mlp, seed=2), digits, epochs=1, batch_size=128, steps=2, train_eval_max=0,
-              trace_inference=False)
+def test_train_eval_max_and_eval_init(mlp, digits):
+    """``train_eval_max=0`` skips the training split; ``eval_init`` sets the evaluation's
+    initialisation (here the model's forward pass after training from zero)."""
+    out = fit(build(mlp, seed=2), digits, epochs=1, batch_size=128, steps=2, init="zero",
+              train_eval_max=0, trace_inference=False, eval_init=Initialisation())
     assert out.final["train_accuracy"] is None
-    assert out.final["test_accuracy"] > 0.1
+    forward = evaluate(out.net, digits)["accuracy"]  # the model's policy: the forward pass
+    zero = evaluate(out.net, digits, init=Initialisation("zero"),
+                    inference=GradientDescent(2))["accuracy"]
+    assert forward != zero
+    assert out.final["test_accuracy"] == pytest.approx(forward)
 
 
 def test_shape_mismatch_names_node_before_compiling(digits):
