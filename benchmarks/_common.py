@@ -1,10 +1,8 @@
-"""Shared helpers of the initialisation benchmarks (init_compare, init_cyclic, init_generative).
+"""Shared helpers of the benchmarks: records as JSON lines (a long sweep can be resumed and
+tabulated), argparse types, mean ± sd and 95 % CIs over seeds, figures, the machine's name.
 
-Each benchmark trains with ``pcgraph._learn.make_train_step`` (one jitted step per batch; a
-stateful initialiser's state — memories, class means, previous activities, amortiser — travels in
-the ``StepState`` that ``step.init(net, batch_size)`` returns) and evaluates with
-``make_eval_step`` (the label is never clamped at test; ``carry=`` gives it the trained memories). Results are appended as JSON lines so a long sweep can be resumed and
-tabulated.
+Training and evaluation use the public API: ``pcgraph.fit`` (per-epoch records from its
+``callback``) and ``pcgraph.evaluate`` / ``pcgraph.Evaluator``.
 """
 
 from __future__ import annotations
@@ -15,18 +13,16 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pcgraph import data as D  # noqa: E402
-from pcgraph import build, make_eval_step, make_train_step  # noqa: E402
+from pcgraph import data as D, build  # noqa: E402
 
 
 def machine() -> str:
@@ -38,26 +34,6 @@ def load_model(path_or_text):
     from pcgraph import load
 
     return load(path_or_text)
-
-
-def batches(x, y, batch_size: int, *, seed: int, epoch: int, balanced: bool,
-            n_classes: int = 10) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if balanced:
-        yield from D.class_balanced_batches(x, y, batch_size, n_classes, seed=seed, epoch=epoch)
-    else:
-        yield from D.batches(x, y, batch_size, seed=seed, epoch=epoch)
-
-
-def accuracy(eval_fn, net, x, y, *, inp: str, out: str, batch_size: int, carry=None,
-             key=None) -> float:
-    correct = 0
-    n = 0
-    for xb, yb, mask in D.eval_batches(x, y, batch_size):
-        res = eval_fn(net, {inp: xb}, key, carry=carry)
-        pred = np.asarray(jnp.argmax(res[out].reshape(len(xb), -1), axis=-1))
-        correct += int(np.sum((pred == yb) & mask))
-        n += int(mask.sum())
-    return 100.0 * correct / n
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
@@ -92,9 +68,9 @@ class Timer:
         self.s = time.perf_counter() - self.t0 - self.paused
 
 
-__all__ = ["D", "build", "make_train_step", "make_eval_step", "optax", "machine", "batches",
-           "accuracy", "append_jsonl", "read_jsonl", "Timer", "load_model", "ROOT", "carry_of", "finite",
-           "int_list", "float_list", "str_list", "print_table_only", "mean_sd", "ci95"]
+__all__ = ["D", "build", "optax", "machine", "append_jsonl", "read_jsonl", "Timer", "load_model",
+           "ROOT", "int_list", "float_list", "str_list", "print_table_only", "mean_sd", "ci95",
+           "save_figure", "demo_args", "fmnist_splits", "inference_with"]
 
 
 def mean_sd(values, digits: int = 2) -> str:
@@ -134,17 +110,6 @@ def print_table_only(args, table) -> bool:
     if args.table:
         print(table(read_jsonl(args.out)))
     return bool(args.table)
-
-
-def finite(tree) -> bool:
-    """Whether every floating-point array in ``tree`` (a network, a state) is finite (one host sync)."""
-    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-    return bool(jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))) if leaves else True
-
-
-def carry_of(state):
-    """The initialiser state inside a step's state (None for a stateless step)."""
-    return getattr(state, "carry", None)
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

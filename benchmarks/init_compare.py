@@ -31,16 +31,15 @@ there for the exact commands).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
-import jax
 import numpy as np
 
 import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
-from _common import (ROOT, D, Timer, accuracy, append_jsonl, build, finite, float_list, int_list,
-                     load_model, machine, make_eval_step, make_train_step, optax, read_jsonl,
-                     str_list)
+from _common import (ROOT, D, append_jsonl, build, float_list, int_list, load_model, machine,
+                     optax, read_jsonl, str_list)
 from _evidence import by_seed, chosen, fmt_setting, key_of, mean_sd, paired, select, verdict
 
 MODEL = """
@@ -70,65 +69,62 @@ def grid(args, method: str) -> list[dict]:
 
 
 def load_splits(fraction: float, seed: int):
-    """(ds, x_train, y_train): the validation split is fixed (split seed 0); the kept training
-    fraction depends on ``seed``."""
+    """The data set: the validation split is fixed (split seed 0); the kept training fraction
+    depends on ``seed``."""
     ds = D.load("fashion-mnist", val_fraction=0.1, seed=0)
-    x, y = ds.x_train, ds.y_train
     if fraction < 1:
-        idx = D.stratified_indices(y, fraction, np.random.default_rng([seed, 2]))
-        x, y = x[idx], y[idx]
-    return ds, x, y
+        idx = D.stratified_indices(ds.y_train, fraction, np.random.default_rng([seed, 2]))
+        ds = dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
+    return ds
 
 
 def run_one(args, method: str, setting: dict, seed: int, phase: str) -> dict:
-    ds, x, y = load_splits(args.fraction, seed)
+    ds = load_splits(args.fraction, seed)
     T, alr = setting.get("T"), setting.get("activity_lr", 0.1)
-    model = load_model(MODEL.format(width=args.width, alr=alr, act=args.act))
-    net = build(model, seed=seed)
-    wopt = optax.adamw(setting["weight_lr"], weight_decay=args.weight_decay)
-    if method == "bp":
-        step = make_train_step(net, "train", method="bp", weight_optimizer=wopt)
-    else:
-        opts = {"avg_hybrid": True, "avg_m": args.avg_m} if method == "avg" else {}
-        if method == "random":
-            opts = {"random_mean": 0.0, "random_std": args.random_std}
-        cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=alr, init=method,
-                                     init_options=opts)
-        step = make_train_step(net, "train", method="pc", weight_optimizer=wopt,
-                               inference=cfg.inference, init=cfg.init)
-    evaluate = make_eval_step(net, "test")  # forward (the equilibrium of the test query)
-    state = step.init(net, batch_size=args.batch)
-    balanced = method == "avg"
-    smm = step.smm["smm_per_update"]
-    key = jax.random.PRNGKey(seed)
-    points, n_steps, train_s = [], 0, 0.0
-    for epoch in range(args.epochs):
-        with Timer() as t:
-            it = (D.class_balanced_batches(x, y, args.batch, 10, seed=seed, epoch=epoch)
-                  if balanced else D.batches(x, y, args.batch, seed=seed, epoch=epoch))
-            for xb, yb in it:
-                net, state, _ = step(net, state, {"x": xb, "y": ds.one_hot(yb)},
-                                     jax.random.fold_in(key, n_steps))
-                n_steps += 1
-            jax.block_until_ready(net)
-        train_s += t.s
-        ok = finite(net)
-        acc = (lambda xs, ys: accuracy(evaluate, net, xs, ys, inp="x", out="y", batch_size=1000)
-               if ok else float("nan"))
-        points.append({"epoch": epoch + 1, "val": acc(ds.x_val, ds.y_val),
-                       "test": acc(ds.x_test, ds.y_test), "train_s": t.s,
-                       "smm": n_steps * smm, "steps": n_steps, "finite": ok})
-        print(f"  {method:8s} {fmt_setting(setting)} seed={seed} epoch {epoch + 1}: "
-              f"val {points[-1]['val']:.2f}% test {points[-1]['test']:.2f}% ({t.s:.1f} s)",
-              flush=True)
-        if not ok:
-            break
+    net = build(load_model(MODEL.format(width=args.width, alr=alr, act=args.act)), seed=seed)
+    opts = {"avg_hybrid": True, "avg_m": args.avg_m} if method == "avg" else {}
+    if method == "random":
+        opts = {"random_mean": 0.0, "random_std": args.random_std}
+    config = pcgraph.resolve_config(
+        net.plan.settings, algorithm="bp" if method == "bp" else "pc", steps=T,
+        init=None if method == "bp" else method, init_options=opts, epochs=args.epochs,
+        batch_size=args.batch,
+        weight_optimizer=optax.adamw(setting["weight_lr"], weight_decay=args.weight_decay))
+    points, smm, t_last = [], [0], [time.perf_counter()]
+
+    def on_event(e):
+        if e["kind"] == "start":
+            smm[0] = _number(e["smm_per_update"])
+        if e["kind"] != "epoch":
+            return
+        m = e["metrics"]
+        points.append({"epoch": m["epoch"], "val": 100 * m["val_accuracy"],
+                       "test": 100 * m["test_accuracy"], "train_s": m["epoch_time_s"],
+                       "smm": m["step"] * smm[0], "steps": m["step"], "finite": True})
+        print(f"  {method:8s} {fmt_setting(setting)} seed={seed} epoch {m['epoch']}: "
+              f"val {points[-1]['val']:.2f}% test {points[-1]['test']:.2f}% "
+              f"({m['epoch_time_s']:.1f} s)", flush=True)
+        t_last[0] = time.perf_counter()
+
+    try:  # tested with the forward pass (the equilibrium of the test query), label never clamped
+        pcgraph.fit(net, ds, config, seed=seed, callback=on_event, eval_batch_size=1000,
+                    train_eval_max=0, trace_inference=False, eval_init=pcgraph.Initialisation())
+    except pcgraph.TrainingDiverged as err:  # the diverged epoch is recorded, training stops
+        points.append({"epoch": err.epoch, "val": float("nan"), "test": float("nan"),
+                       "train_s": time.perf_counter() - t_last[0], "smm": err.step * smm[0],
+                       "steps": err.step, "finite": False})
     return {"bench": "init_compare", "phase": phase, "method": method, "setting": setting,
-            "seed": seed, "fraction": args.fraction, "n_train": len(x), "n_val": len(ds.x_val),
-            "n_test": len(ds.x_test), "epochs_budget": args.epochs, "batch": args.batch,
-            "width": args.width, "act": args.act, "weight_decay": args.weight_decay,
-            "avg_m": args.avg_m, "smm_per_update": smm, "epochs": points,
-            "train_s": train_s, "machine": machine(), "command": " ".join(sys.argv)}
+            "seed": seed, "fraction": args.fraction, "n_train": len(ds.x_train),
+            "n_val": len(ds.x_val), "n_test": len(ds.x_test), "epochs_budget": args.epochs,
+            "batch": args.batch, "width": args.width, "act": args.act,
+            "weight_decay": args.weight_decay, "avg_m": args.avg_m, "smm_per_update": smm[0],
+            "epochs": points, "train_s": float(sum(p["train_s"] for p in points)),
+            "machine": machine(), "command": " ".join(sys.argv)}
+
+
+def _number(x: float):
+    """An integral float as an int (as the records have always stored SMM counts)."""
+    return int(x) if float(x).is_integer() else float(x)
 
 
 # ------------------------------------------------------------------------------ tables

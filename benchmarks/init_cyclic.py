@@ -11,7 +11,8 @@ prediction). Methods:
 
 at T ∈ --steps (default 5, 10, 20), the same T and method in training and at test. Target: ≥ 93 %
 with mem at T ≤ 20. 15 % of the training set is held out for validation (class-stratified, split
-seed 0); every ``--eval-every`` epochs validation and test accuracy are recorded, and the table
+seed 0); ``pcgraph.fit`` trains and evaluates, every ``--eval-every`` epochs validation and test
+accuracy are recorded, and the table
 reports test at the evaluation with the best validation accuracy and at the last one. Records:
 ``benchmarks/results/init_cyclic.jsonl``.
 """
@@ -22,54 +23,50 @@ import argparse
 import sys
 import time
 
-import jax
 import numpy as np
 
 import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
-from _common import (D, ROOT, Timer, accuracy, append_jsonl, build, carry_of, int_list, load_model,
-                     machine, make_eval_step, make_train_step, mean_sd, optax, print_table_only,
-                     read_jsonl, str_list)
+from _common import (D, ROOT, append_jsonl, build, int_list, load_model, machine, mean_sd, optax,
+                     print_table_only, read_jsonl, str_list)
+
+from pcgraph import make_eval_step
 
 
 def run_one(args, ds, method: str, T: int, seed: int) -> dict:
-    model = load_model(str(ROOT / "models" / "cyclic_digits.pcg"))
-    net = build(model, seed=seed)
+    net = build(load_model(str(ROOT / "models" / "cyclic_digits.pcg")), seed=seed)
     opts = ({"mem_patterns": args.patterns, "mem_delta": args.delta,
              "learned_lr": args.learned_lr} if method == "mem" else {})
-    wopt = optax.adam(args.weight_lr)
-    cfg = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=args.activity_lr,
-                                 init=method, init_options=opts)
-    step = make_train_step(net, "train", weight_optimizer=wopt, inference=cfg.inference,
-                           init=cfg.init)
-    ev = make_eval_step(net, "test", inference=cfg.inference, init=cfg.init)
-    opt_state = step.init(net, batch_size=args.batch)
-    key = jax.random.PRNGKey(seed)
-    accs, points, times, n = [], [], [], 0
-    for epoch in range(args.epochs):
-        with Timer() as t:
-            for xb, yb in D.batches(ds.x_train, ds.y_train, args.batch, seed=seed, epoch=epoch):
-                net, opt_state, met = step(net, opt_state, {"img": xb, "label": ds.one_hot(yb)},
-                                           jax.random.fold_in(key, n))
-                n += 1
-            jax.block_until_ready(net)
-        times.append(t.s)
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            acc = {split: accuracy(ev, net, getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}"),
-                                   inp="img", out="label", batch_size=360,
-                                   carry=carry_of(opt_state)) for split in ("val", "test")}
-            accs.append(acc["test"])
-            points.append({"epoch": epoch + 1, **acc, "train_s": float(np.sum(times)),
-                           "smm": n * step.smm["smm_pc"]})
-            print(f"  {method:6s} T={T:3d} seed={seed} epoch {epoch + 1}: val {acc['val']:.2f}% "
+    config = pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=args.activity_lr,
+                                    init=method, init_options=opts, epochs=args.epochs,
+                                    batch_size=args.batch,
+                                    weight_optimizer=optax.adam(args.weight_lr))
+    points, times = [], []
+
+    def on_epoch(e):  # fit evaluates every epoch (the trained memories: its carry); kept: every
+        if e["kind"] != "epoch":  # --eval-every epochs and the last
+            return
+        m = e["metrics"]
+        times.append(m["epoch_time_s"])
+        if m["epoch"] % args.eval_every == 0 or m["epoch"] == args.epochs:
+            acc = {"val": 100 * m["val_accuracy"], "test": 100 * m["test_accuracy"]}
+            points.append({"epoch": m["epoch"], **acc, "train_s": float(np.sum(times)),
+                           "smm": m["total_smm"]})
+            print(f"  {method:6s} T={T:3d} seed={seed} epoch {m['epoch']}: val {acc['val']:.2f}% "
                   f"test {acc['test']:.2f}%", flush=True)
-    smm = ev_smm = step.smm["smm_pc"]
+
+    res = pcgraph.fit(net, ds, config, seed=seed, callback=on_epoch, eval_batch_size=360,
+                      train_eval_max=0, trace_inference=False)
+    accs = [p["test"] for p in points]
+    smm = ev_smm = res.smm_per_batch
+    ev = make_eval_step(net, "test", inference=config.inference, init=config.init)
     if ev.initialiser is not None:
         ev_smm = 2 * T + ev.initialiser.smm  # the test query's cost (label not clamped)
     return {"method": method, "T": T, "seed": seed, "epochs": args.epochs, "test_acc": accs,
-            "final": accs[-1], "epochs_eval": points, "train_s": float(np.sum(times)), "steps": n,
-            "smm_per_update": smm, "smm_test": ev_smm, "learned_lr": args.learned_lr,
-            "patterns": args.patterns, "delta": args.delta, "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
-            "batch": args.batch, "machine": machine()}
+            "final": accs[-1], "epochs_eval": points, "train_s": float(np.sum(times)),
+            "steps": res.state.step, "smm_per_update": smm, "smm_test": ev_smm,
+            "learned_lr": args.learned_lr, "patterns": args.patterns, "delta": args.delta,
+            "weight_lr": args.weight_lr, "activity_lr": args.activity_lr, "batch": args.batch,
+            "machine": machine()}
 
 
 def table(records):

@@ -28,14 +28,14 @@ import argparse
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 import pcgraph  # noqa: E402 - after _common, which puts the repository on sys.path
-from _common import (D, ROOT, Timer, append_jsonl, build, carry_of, float_list, int_list,
-                     load_model, machine, make_eval_step, make_train_step, mean_sd, optax,
-                     print_table_only, read_jsonl, save_figure, str_list)
+from _common import (D, ROOT, append_jsonl, build, float_list, int_list, load_model, machine,
+                     mean_sd, optax, print_table_only, read_jsonl, save_figure, str_list)
+
+from pcgraph import make_eval_step, make_train_step
 
 
 def _method(name: str, args):
@@ -64,50 +64,51 @@ def reconstruct(infer_fn, gen_fn, net, x, batch_size, carry):
 
 
 def run_one(args, ds, name: str, T: int, seed: int, xtr, ytr) -> dict:
-    model = load_model(decoder_text(args.act, args.prior))
-    net = build(model, seed=seed)
+    net = build(load_model(decoder_text(args.act, args.prior)), seed=seed)
     method, opts = _method(name, args)
-    wopt = optax.adamw(args.weight_lr, weight_decay=args.weight_decay)
+
     def config(activity_lr):
-        return pcgraph.resolve_config(net.plan.settings, steps=T, activity_lr=activity_lr,
-                                      init=method, init_options=opts)
+        return pcgraph.resolve_config(
+            net.plan.settings, steps=T, activity_lr=activity_lr, init=method, init_options=opts,
+            epochs=args.epochs, batch_size=args.batch,
+            weight_optimizer=optax.adamw(args.weight_lr, weight_decay=args.weight_decay))
 
     cfg = config(args.activity_lr)
-    step = make_train_step(net, "train", weight_optimizer=wopt, inference=cfg.inference,
-                           init=cfg.init)
     infer_fns = {str(a): make_eval_step(net, "infer", inference=config(a).inference,
                                         init=cfg.init) for a in args.eval_activity_lr}
     # z clamped: the forward pass
     gen_fn = make_eval_step(net, "generate", init=pcgraph.Initialisation("forward"))
-    opt_state = step.init(net, batch_size=args.batch)
-    key = jax.random.PRNGKey(seed)
-    n, times, curves, recs = 0, [], {a: [] for a in infer_fns}, {}
+    times, curves, recs = [], {a: [] for a in infer_fns}, {}
     vcurves = {a: [] for a in infer_fns}
-    for epoch in range(args.epochs):
-        with Timer() as t:
-            for xb, _ in D.batches(xtr, ytr, args.batch, seed=seed, epoch=epoch):
-                net, opt_state, met = step(net, opt_state, {"img": xb},
-                                           jax.random.fold_in(key, n))
-                n += 1
-            jax.block_until_ready(net)
-        times.append(t.s)
+
+    def on_epoch(e):  # the reconstruction (forward pass from the relaxed z), every α_eval
+        if e["kind"] != "epoch":
+            return
+        net_, carry, t = e["net"], e["state"].carry, e["metrics"]["epoch_time_s"]
+        times.append(t)
         for a, infer_fn in infer_fns.items():
-            err, recs[a] = reconstruct(infer_fn, gen_fn, net, ds.x_test[: args.test_n], 500,
-                                       carry_of(opt_state))
+            err, recs[a] = reconstruct(infer_fn, gen_fn, net_, ds.x_test[: args.test_n], 500,
+                                       carry)
             curves[a].append(err)
-            vcurves[a].append(reconstruct(infer_fn, gen_fn, net, ds.x_val[: args.test_n], 500,
-                                          carry_of(opt_state))[0])
+            vcurves[a].append(reconstruct(infer_fn, gen_fn, net_, ds.x_val[: args.test_n], 500,
+                                          carry)[0])
         errs = "  ".join(f"{curves[a][-1]:.5f}" for a in curves)
         verrs = "  ".join(f"{vcurves[a][-1]:.5f}" for a in vcurves)
-        print(f"  {name:8s} T={T:3d} seed={seed} epoch {epoch + 1}: val recon MSE {verrs}, test {errs} "
-              f"(α_eval {', '.join(map(str, curves))}; {t.s:.1f} s)", flush=True)
+        print(f"  {name:8s} T={T:3d} seed={seed} epoch {e['epoch']}: val recon MSE {verrs}, "
+              f"test {errs} (α_eval {', '.join(map(str, curves))}; {t:.1f} s)", flush=True)
+
+    res = pcgraph.fit(net, {"img": xtr}, cfg, seed=seed, callback=on_epoch, eval_data=False,
+                      trace_inference=False)
     a_best = best_eval_lr([vcurves])
     curve = curves[a_best]
     chosen_epoch = int(np.argmin(vcurves[a_best]))
+    init_methods = make_train_step(net, "train", inference=cfg.inference,
+                                   init=cfg.init).initialiser.methods
     return ({"method": name, "T": T, "seed": seed, "epochs": args.epochs, "mse": curve,
              "final": curve[-1], "val_chosen": float(vcurves[a_best][chosen_epoch]),
-             "test_at_val": float(curve[chosen_epoch]), "mse_val_by_eval_lr": vcurves, "train_s": float(np.sum(times)), "steps": n,
-             "smm_per_update": step.smm["smm_pc"], "init_methods": dict(step.initialiser.methods),
+             "test_at_val": float(curve[chosen_epoch]), "mse_val_by_eval_lr": vcurves,
+             "train_s": float(np.sum(times)), "steps": res.state.step,
+             "smm_per_update": res.smm_per_batch, "init_methods": dict(init_methods),
              "train_n": len(xtr), "test_n": min(args.test_n, len(ds.x_test)),
              "weight_lr": args.weight_lr, "activity_lr": args.activity_lr,
              "eval_activity_lr": float(a_best), "mse_by_eval_lr": curves,

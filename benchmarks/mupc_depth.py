@@ -58,7 +58,7 @@ import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
 from _common import save_figure  # noqa: E402
-from pcgraph import make_eval_step, make_train_step  # noqa: E402
+from pcgraph import make_train_step  # noqa: E402
 
 MODEL = ROOT / "models" / "resnet_mupc.pcg"
 METHODS = ("mupc", "standard", "bp")
@@ -110,23 +110,19 @@ _STEPS: dict = {}
 
 
 def cached_steps(net, method: str, depth: int, width: int, activity_lr: float, steps):
-    """(train step, eval step) for this configuration, compiled once per process."""
+    """(train step, evaluator) for this configuration, compiled once per process."""
     key = (method, depth, width, float(activity_lr), steps, net.plan.parameterisation)
     if key not in _STEPS:
         _STEPS[key] = (make_step(net, method, depth, weight_lr=0.0, activity_lr=activity_lr,
                                  steps=steps),
-                       make_eval_step(net, "test", init=pcgraph.Initialisation("forward")))
+                       pcgraph.Evaluator(pcgraph.GradientDescent(),
+                                         pcgraph.Initialisation("forward")))
     return _STEPS[key]
 
 
-def test_accuracy(net, ds, eval_step, batch: int = 1000, split: str = "test") -> float:
+def test_accuracy(net, ds, evaluator, batch: int = 1000, split: str = "test") -> float:
     """Accuracy (%) of the forward pass on a split (``test`` or ``val``)."""
-    x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
-    correct = 0
-    for i in range(0, len(x), batch):
-        out = eval_step(net, {"x": x[i:i + batch]})["y"]
-        correct += int(np.sum(np.argmax(np.asarray(out), -1) == y[i:i + batch]))
-    return 100.0 * correct / len(x)
+    return 100.0 * evaluator(net, ds, split=split, batch_size=batch)["accuracy"]
 
 
 def batches(ds, batch: int, seed: int):

@@ -39,10 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import (ROOT, D, append_jsonl, ci95, int_list, machine, make_eval_step,
-                     make_train_step, mean_sd, read_jsonl, save_figure)
+from _common import (ROOT, D, append_jsonl, ci95, int_list, machine, mean_sd, read_jsonl,
+                     save_figure)
 
-from pcgraph import (GradientDescent, GradientFlow, build, compile_query, energy, infer, load)
+from pcgraph import (Evaluator, GradientDescent, GradientFlow, Initialisation, build,
+                     compile_query, energy, infer, load, make_train_step)
 from pcgraph._energy import forward_acts, topological_order
 from pcgraph._infer import clamp_data
 
@@ -151,15 +152,11 @@ def train_records(seed, ds, n_batches, eval_every):
         net = build(m, seed=seed)
         inf = gd(5, lr) if solver == "gd" else flow(solver, lr, 5, steady_state=False)
         step = make_train_step(net, "train", inference=inf)
-        ev = make_eval_step(net, "test")
+        ev = Evaluator(inf, Initialisation())  # the test query's forward pass
         state = step.init(net, B)
 
         def acc(n_):
-            correct = 0
-            for xb, yb, mask in D.eval_batches(xs, ys, 500):
-                pred = np.asarray(jnp.argmax(ev(n_, {"x": xb})["y"].reshape(len(xb), -1), -1))
-                correct += int(np.sum((pred == yb) & mask))
-            return correct / len(xs)
+            return ev(n_, {"x": xs, "y": ys}, batch_size=500)["accuracy"]
 
         curve, wall = [(0.0, acc(net))], 0.0
         it = D.batches(ds.x_train, ds.y_train, B, seed=seed, epoch=0)
