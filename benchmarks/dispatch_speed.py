@@ -35,7 +35,7 @@ import pcgraph  # noqa: E402
 from pcgraph._binding import TrainData  # noqa: E402
 from pcgraph._chunked import ChunkedEpochSteps, batch_bytes, steps_per_dispatch  # noqa: E402
 from pcgraph._divergence import EpochSteps  # noqa: E402
-from pcgraph._fit import TrainState  # noqa: E402
+from pcgraph import TrainState  # noqa: E402
 
 
 def workload(name: str):

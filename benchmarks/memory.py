@@ -46,7 +46,7 @@ from _common import (
 )
 
 import pcgraph
-from pcgraph._energy import predictions
+from pcgraph import predictions
 
 MODEL = ROOT / "models" / "memory.pcg"
 CUES = ("occluded", "noisy")

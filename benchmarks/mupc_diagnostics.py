@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import pcgraph  # noqa: E402
-from pcgraph._energy import forward, node_energies  # noqa: E402
+from pcgraph import node_energies  # noqa: E402
+from pcgraph._energy import forward  # noqa: E402
 from _common import save_figure  # noqa: E402
 from mupc_depth import load_data, machine, resnet_mupc  # noqa: E402
 

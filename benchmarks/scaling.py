@@ -133,9 +133,7 @@ def hlo(a):
     import numpy as np
 
     import pcgraph as pc
-    from pcgraph import _collectives as C
-    from pcgraph import _sharding as S
-    from pcgraph._learn import make_train_step
+    from pcgraph import _collectives as C, _sharding as S, make_train_step
 
     model = _model(a.hlo_depth, a.hlo_width)
     t0 = time.perf_counter()

@@ -47,8 +47,7 @@ def leaves(ckpt, model=MLP):
     import optax
 
     from pcgraph._checkpoint import load
-    from pcgraph._load import load as load_model
-    from pcgraph._network import build
+    from pcgraph import load as load_model, build
 
     net = build(load_model(model), seed=0)
     like_opt = optax.adam(1e-3).init(eqx.filter(net, eqx.is_inexact_array))

@@ -12,10 +12,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pcgraph as pc  # noqa: E402
-from pcgraph import _collectives as C  # noqa: E402
-from pcgraph import _mesh as M  # noqa: E402
-from pcgraph import _sharding as S  # noqa: E402
-from pcgraph._learn import make_train_step  # noqa: E402
+from pcgraph import _collectives as C, _mesh as M, _sharding as S, make_train_step  # noqa: E402
 
 B, WIDTH = 64, 32
 model = pc.load("models/resnet_mupc.pcg", params={"depth": 16, "width": WIDTH})

@@ -23,10 +23,9 @@ from pcgraph import (
     hessian_spectrum,
     update_alignment,
 )
-from pcgraph._config import Initialisation
+from pcgraph import Initialisation
 from pcgraph._infer import clamp_data
-from pcgraph import build, compile_query
-from pcgraph._theory import activity_hessian
+from pcgraph import build, compile_query, activity_hessian
 
 
 def _batch(net, q, seed=0, B=3, jitter=0.0):
@@ -201,8 +200,7 @@ def test_pc_gradient_at_equilibrium_is_the_gradient_of_the_rescaled_mse(x64):
     import equinox as eqx
     import jax
 
-    from pcgraph._energy import energy
-    from pcgraph._theory import linear_equilibrium
+    from pcgraph import energy, linear_equilibrium
 
     names = ["x", "h1", "h2", "h3", "y"]
     net = build(b.chain(names, [3, 4, 5, 4, 2], queries=[b.query("train", ("x", "y"))]), seed=4)
@@ -326,7 +324,7 @@ def test_cli_analyse_reads_the_weights_of_a_checkpoint(tmp_path):
     import optax
 
     from pcgraph._checkpoint import save
-    from pcgraph._load import load
+    from pcgraph import load
 
     f = tmp_path / "tiny.pcg"
     f.write_text(MLP)

@@ -9,8 +9,7 @@ import pytest
 
 from pcgraph._cli import COMMANDS, check_report, main
 from pcgraph._load import Checked
-from pcgraph._ir import EdgeIR, ModelIR, NodeIR, QueryIR, TermIR, TransformIR
-from pcgraph._validate import validate
+from pcgraph import EdgeIR, ModelIR, NodeIR, QueryIR, TermIR, TransformIR, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,7 +191,7 @@ def test_check_json_several_files_is_a_list(capsys, write):
 
 
 def test_fmt_prints_canonical_text(capsys, write):
-    from pcgraph._load import parse_model
+    from pcgraph import parse_model
 
     assert main(["fmt", write("mlp.pcg", GOOD)]) == 0
     text = capsys.readouterr().out

@@ -39,8 +39,7 @@ def one_epoch(tmp_path_factory):
 
 def _arrays(ckpt):
     from pcgraph._checkpoint import load
-    from pcgraph._load import load as load_model
-    from pcgraph import build
+    from pcgraph import load as load_model, build
     import equinox as eqx
     import optax
 
@@ -181,8 +180,7 @@ def test_cyclic_model_with_memory_state_resumes_exactly(tmp_path, capsys):
         from pcgraph._checkpoint import load
         import equinox as eqx
 
-        from pcgraph import build, fresh_carry, resolve_config
-        from pcgraph import load as load_model
+        from pcgraph import build, fresh_carry, resolve_config, load as load_model
 
         net = build(load_model(cyc), seed=0)
         config = resolve_config(net.plan.settings, init_options={"mem_patterns": 16})

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcgraph import PcgError, build, energy, format_model, load
-from pcgraph._shapes import ShapeError, resolve_chain
+from pcgraph import PcgError, build, energy, format_model, load, ShapeError
+from pcgraph._shapes import resolve_chain
 
 
 def _img(seed, shape):

@@ -7,8 +7,7 @@ import json
 
 from pcgraph._cli import main
 from pcgraph._draw import cycle_edges, layout
-from pcgraph._graph import to_graph
-from pcgraph._load import load
+from pcgraph import to_graph, load
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

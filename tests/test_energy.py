@@ -11,13 +11,8 @@ import optax
 import pytest
 
 import _build as b
-from pcgraph._energy import (
-    ForwardError,
-    energy,
-    forward,
-    node_energies,
-    predictions,
-)
+from pcgraph import ForwardError, energy, node_energies, predictions
+from pcgraph._energy import forward
 from pcgraph import GradientDescent, Initialisation, infer, initialise
 from pcgraph._infer import clamp_data
 from pcgraph import build, compile_query

@@ -4,14 +4,9 @@ import random
 
 import pytest
 
-from pcgraph._diagnostics import PcgError
-from pcgraph._feasibility import (
-    graph_report,
-    forward_order,
-    init_plan,
-    query_feasibility,
-)
-from pcgraph._ir import EdgeIR, ModelIR, NodeIR, QueryIR, SettingsIR, TermIR, TransformIR
+from pcgraph import PcgError, graph_report, init_plan, query_feasibility
+from pcgraph._feasibility import forward_order
+from pcgraph import EdgeIR, ModelIR, NodeIR, QueryIR, SettingsIR, TermIR, TransformIR
 
 DENSE = (TermIR((TransformIR("dense"),)),)
 

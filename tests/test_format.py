@@ -2,10 +2,13 @@
 
 import pytest
 
-from pcgraph._format import format_model, format_value
-from pcgraph._graph import to_graph
-from pcgraph._ir import EdgeIR, EnergyIR, ModelIR, NodeIR, PriorIR, QueryIR, SettingsIR, TermIR, TransformIR
-from pcgraph._load import load, parse_model
+from pcgraph import format_model
+from pcgraph._format import format_value
+from pcgraph import to_graph
+from pcgraph import (
+    EdgeIR, EnergyIR, ModelIR, NodeIR, PriorIR, QueryIR, SettingsIR, TermIR, TransformIR,
+)
+from pcgraph import load, parse_model
 
 
 def comparable(m: ModelIR) -> ModelIR:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pcgraph
-from pcgraph._format import format_model
+from pcgraph import format_model
 
 MODELS = sorted((Path(__file__).resolve().parent.parent / "models").glob("*.pcg"))
 TEXTS = {p.name: p.read_text() for p in MODELS}

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import pcgraph
-from pcgraph import PcgError
-from pcgraph import data as D
+from pcgraph import PcgError, data as D
 from pcgraph._cli import main as cli_main
 from pcgraph._diagnostics import normalise_newlines
-from pcgraph._limits import Limits, current, limits, model_size, training_diagnostics
+from pcgraph import Limits, limits
+from pcgraph._limits import current, model_size, training_diagnostics
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SMALL = """model m {

@@ -10,8 +10,9 @@ import optax
 import pytest
 
 import _build as b
-from pcgraph import energy, linear_equilibrium
-from pcgraph import GradientDescent, GradientFlow, Initialisation, infer, relax
+from pcgraph import (
+    energy, linear_equilibrium, GradientDescent, GradientFlow, Initialisation, infer, relax,
+)
 from pcgraph._infer import clamp_data
 from pcgraph import build, compile_query
 

@@ -19,7 +19,8 @@ import pytest
 
 import _build as b
 from pathlib import Path
-from pcgraph._energy import energy, forward_acts, node_energies
+from pcgraph import energy, node_energies
+from pcgraph._energy import forward_acts
 from pcgraph import GradientDescent, Initialisation, infer
 from pcgraph._infer import clamp_data
 from pcgraph import InitError, PcgError, StepState, make_eval_step, make_train_step

@@ -18,11 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from pcgraph import _cost
-from pcgraph import _graph as G_
-from pcgraph import _init_plan as P
-from pcgraph import _initializers as I
-from pcgraph import _memory as M
+from pcgraph import _cost, _graph as G_, _init_plan as P, _initializers as I, _memory as M
 
 
 def _np_softmax(x):
@@ -294,7 +290,7 @@ def test_sweep_on_dag_drops_nothing_and_unreached_root_keeps_fallback():
 
 # ----------------------------------------------------------------------------- amortised
 def test_amortiser_matches_formula_and_learns(x64):
-    from pcgraph._ir import EdgeIR, TermIR, TransformIR
+    from pcgraph import EdgeIR, TermIR, TransformIR
 
     e = EdgeIR("img", "z", (TermIR((TransformIR("dense"),), pre="tanh"),), amortised=True)
     am = I.init_amortiser(jax.random.key(0), [e], {"img": (6,), "z": (3,)}, acts={"z": "identity"})

@@ -6,8 +6,7 @@ import optax
 import pytest
 
 import _build as b
-from pcgraph import make_eval_step, make_train_step
-from pcgraph import build
+from pcgraph import make_eval_step, make_train_step, build
 
 
 def _data(n=64, d=8, c=4, seed=0):

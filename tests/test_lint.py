@@ -73,3 +73,19 @@ def test_no_package_module_over_500_lines():
     too_long = {p.name: n for p in sorted((ROOT / "pcgraph").glob("*.py"))
                 if (n := len(p.read_text().splitlines())) > 500 and p.name not in LONG_MODULES}
     assert not too_long, f"split these modules (one job each, <= 500 lines): {too_long}"
+
+
+def test_internals_module_map_is_current():
+    """docs/internals.md lists every package module with its line count (within 10 % or 10
+    lines: the map is redone when a module grows or shrinks, not for every edit)."""
+    import re
+
+    text = (ROOT / "docs" / "internals.md").read_text()
+    listed = {m: int(n) for m, n in re.findall(r"^\| `([\w.]+\.py)` \| (\d+) \|", text, re.M)}
+    actual = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "pcgraph").glob("*.py")}
+    assert sorted(listed) == sorted(actual), (
+        f"docs/internals.md: missing {sorted(set(actual) - set(listed))}, "
+        f"gone {sorted(set(listed) - set(actual))}")
+    stale = {m: (n, actual[m]) for m, n in listed.items()
+             if abs(actual[m] - n) > max(10, n // 10)}
+    assert not stale, f"docs/internals.md: (listed, actual) line counts: {stale}"

@@ -4,9 +4,7 @@ import itertools
 
 import pytest
 
-from pcgraph._graph import to_graph
-from pcgraph._ir import EnergyIR, PriorIR, Span, TermIR, TransformIR
-from pcgraph._load import load, parse_model
+from pcgraph import to_graph, EnergyIR, PriorIR, Span, TermIR, TransformIR, load, parse_model
 
 
 def edges(m, amortised=False):

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import _build as b
-from pcgraph import energy
-from pcgraph import build, compile_query
+from pcgraph import energy, build, compile_query
 from pcgraph._network import stable_hash
 from pcgraph._plan import plan_network
 

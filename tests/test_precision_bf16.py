@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcgraph import build, data, energy, fit, load, make_train_step
-from pcgraph._config import ConfigError, precision_dtype
+from pcgraph import build, data, energy, fit, load, make_train_step, ConfigError
+from pcgraph._config import precision_dtype
 from pcgraph._learn import compute_cast
-from pcgraph._infer import clamp_data, infer
-from pcgraph._init import initialise
-from pcgraph._query import compile_query
+from pcgraph import infer
+from pcgraph._infer import clamp_data
+from pcgraph import initialise, compile_query
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -3,8 +3,7 @@
 import pytest
 
 import pcgraph
-from pcgraph import PcgError, load
-from pcgraph import _config, _init, _kernels, _network, _registry
+from pcgraph import PcgError, load, _config, _init, _kernels, _network, _registry
 
 
 def test_registries_match_the_language():

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pcgraph import _collectives as C
-from pcgraph import _mesh as M
+from pcgraph import _collectives as C, _mesh as M
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

@@ -6,8 +6,7 @@ import logging
 import pytest
 from lark import Lark, logger
 
-from pcgraph._diagnostics import PcgError
-from pcgraph._load import load, parse_model
+from pcgraph import PcgError, load, parse_model
 from pcgraph._syntax import grammar_path, parse
 
 # (name, text, first line of the rendered error), parsed as file "t.pcg"

@@ -7,15 +7,8 @@ import pytest
 
 import _build as b
 from pcgraph._infer import clamp_data
-from pcgraph import build, compile_query
-from pcgraph._theory import (
-    activity_hessian,
-    check_linear,
-    condition_number,
-    energy_of_vector,
-    linear_equilibrium,
-    linear_system,
-)
+from pcgraph import build, compile_query, activity_hessian, condition_number, linear_equilibrium
+from pcgraph._theory import check_linear, energy_of_vector, linear_system
 
 
 def test_deep_linear_chain_rescaled_mse(x64):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import pcgraph
-from pcgraph import GradientDescent, Initialisation, TrainingDiverged, build, data, evaluate, fit
-from pcgraph import load
+from pcgraph import (
+    GradientDescent, Initialisation, TrainingDiverged, build, data, evaluate, fit, load,
+)
 from pcgraph._binding import bind
 
 GENERATIVE = """

@@ -6,20 +6,12 @@ these tests need no parser. Text-based golden tests through ``pcgraph._load`` ar
 from dataclasses import replace
 
 
-from pcgraph._ir import (
-    EdgeIR,
-    EnergyIR,
-    ModelIR,
-    NodeIR,
-    ParamIR,
-    PriorIR,
-    QueryIR,
-    SettingsIR,
-    Span,
-    TermIR,
+from pcgraph import (
+    EdgeIR, EnergyIR, ModelIR, NodeIR, ParamIR, PriorIR, QueryIR, SettingsIR, Span, TermIR,
     TransformIR,
 )
-from pcgraph._validate import errors, validate
+from pcgraph import validate
+from pcgraph._validate import errors
 
 FILE = "m.pcg"
 
@@ -435,7 +427,7 @@ def test_never_raises_on_garbage():
 
 # ----------------------------------------------------------------- through the parser (golden)
 def _parse():
-    from pcgraph._load import parse_model
+    from pcgraph import parse_model
 
     return parse_model
 
