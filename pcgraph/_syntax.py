@@ -109,20 +109,30 @@ _STATE = threading.local()  # per parse: whether a name with {...} was lexed
 
 class _Build:
     """lark's parse callbacks (with ``keep_all_tokens``, so that keywords and brackets still
-    bound a node's position; they are left out of its children here)."""
+    bound a node's position; they are left out of its children here). It has one
+    callback a rule (``rule(children)``), so that lark calls it directly: its default callback
+    would add two Python calls to each of the ~1.2 reductions a token, and pass the rule's name as
+    a lark ``Token``, whose ``==`` is a Python method."""
 
-    def __init__(self, drop: frozenset[str]):
-        self.drop = drop
+    def __init__(self):
+        self.drop: set[str] = set()  # filled once lark has named the terminals
 
-    def __default__(self, data, children: list, _meta):
-        if data[0] == "_":
-            return _Inline(children)
-        drop = self.drop
+    def __getattr__(self, name: str):
+        """The callback of the rule ``name`` (lark looks each rule up once, when it builds the
+        parser): inlined ``_`` rules make an ``_Inline``; ``atom`` is a parenthesised
+        expression. Terminals (upper case) and dunder names have none."""
+        if name.endswith("__") or not name.lstrip("_")[:1].islower():
+            raise AttributeError(name)
+        name = str(name)  # a plain str: Node.data is compared to strings everywhere
+        if name[0] == "_":
+            return _Inline
+        if name == "atom":
+            return _atom
+        return functools.partial(self.node, name, self.drop)
+
+    @staticmethod
+    def node(data: str, drop: set[str], children: list) -> "Node":
         kept = [c for c in children if not (type(c) is Token and c.type in drop)]
-        if data == "atom":  # "(" expr ")": the expression, bounded by its parentheses
-            inner = kept[0]
-            inner.first, inner.last = children[0], children[-1]
-            return inner
         lo = children[0] if children else None
         if lo is None or type(lo) is not Token:
             lo = next((c if type(c) is Token else c.first for c in children if c is not None),
@@ -138,17 +148,24 @@ class _Build:
         return tok
 
 
+def _atom(children: list) -> "Node":
+    """``"(" expr ")"``: the expression, bounded by its parentheses."""
+    inner = children[1]
+    inner.first, inner.last = children[0], children[-1]
+    return inner
+
+
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
     text = Path(grammar_path()).read_text(encoding="utf-8")
     # lark's cache (cache=True) is not used: it unpickles a file from the temporary directory
     named = set(re.findall(r"^([A-Z_][A-Z0-9_]*)(?:\.\d+)?\s*:", text, re.M))
-    build = _Build(frozenset())
+    build = _Build()
     lark = Lark(text, parser="lalr", start=["start", "expr"], keep_all_tokens=True,
                 maybe_placeholders=True, transformer=build)
     # keywords and punctuation: the anonymous "..." terminals, and named ones starting with _
-    build.drop = frozenset(t.name for t in lark.terminals if t.name.startswith("_")
-                           or (isinstance(t.pattern, PatternStr) and t.name not in named))
+    build.drop.update(t.name for t in lark.terminals if t.name.startswith("_")
+                      or (isinstance(t.pattern, PatternStr) and t.name not in named))
     return lark
 
 
