@@ -13,6 +13,7 @@ this function refuses them.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -37,8 +38,14 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key that orders ``h2`` before ``h10`` (declaration order never matters)."""
-    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
+    """Sort key that orders ``h2`` before ``h10`` (declaration order never matters). A run of
+    digits compares as its number, by (length, digits) without leading zeros: no ``int()``, which
+    refuses over 4,300 digits."""
+    parts = _DIGITS.split(name)  # text, digits, text, ..., text
+    for i in range(1, len(parts), 2):
+        d = parts[i].lstrip("0")
+        parts[i] = (len(d), d)
+    return tuple(parts)
 
 
 Edge = tuple[str, str]
@@ -46,10 +53,24 @@ Edge = tuple[str, str]
 
 # --------------------------------------------------------------------------------------- graphs
 def energy_graph(model: ModelIR) -> nx.DiGraph:
-    """The energy graph (``->`` edges) with nodes and edges in natural-sort order.
+    """The energy graph (``->`` edges) with nodes and edges in natural-sort order, frozen
+    (``nx.freeze``: copy it to change it).
 
     Unlike ``_graph.to_graph`` it never raises: duplicates collapse and edges that name undeclared
-    nodes are dropped. Sorting makes every result independent of declaration order."""
+    nodes are dropped. Sorting makes every result independent of declaration order. The graph of
+    the last model asked for is kept (the validator and the init plan each ask for it)."""
+    ref, G = _LAST_GRAPH
+    if ref is not None and ref() is model:
+        return G
+    G = nx.freeze(_energy_graph(model))
+    _LAST_GRAPH[:] = [weakref.ref(model), G]
+    return G
+
+
+_LAST_GRAPH: list = [None, None]  # [weak reference to a ModelIR, its energy graph]
+
+
+def _energy_graph(model: ModelIR) -> nx.DiGraph:
     G = nx.DiGraph()
     key = {n.name: natural_key(n.name) for n in model.nodes}  # once a name: keys are not cheap
     G.add_nodes_from(sorted(key, key=key.__getitem__))
@@ -70,10 +91,12 @@ def _sorted(names: Iterable[str]) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def find_cycles(G: nx.DiGraph) -> list[tuple[Edge, ...]]:
-    """One cycle (as its edges) per strongly connected component that has one, deterministic."""
+def find_cycles(G: nx.DiGraph, comps: Iterable[set[str]] | None = None
+                ) -> list[tuple[Edge, ...]]:
+    """One cycle (as its edges) per strongly connected component that has one, deterministic
+    (``comps``: the components, when they are already known)."""
     cycles = []
-    for comp in nx.strongly_connected_components(G):
+    for comp in nx.strongly_connected_components(G) if comps is None else comps:
         if len(comp) == 1 and not G.has_edge(*comp, *comp):
             continue
         start = _sorted(comp)[0]
@@ -153,9 +176,10 @@ class QueryGraph:
         self.G = energy_graph(model)
         self.clamped = {c for c in query.clamp if c in self.G}
         self.R = query_graph(self.G, self.clamped)
-        self.cycles = find_cycles(self.R)
+        comps = list(nx.strongly_connected_components(self.R))
+        self.cycles = find_cycles(self.R, comps)
         self.on_cycle = {u for c in self.cycles for e in c for u in e}
-        for comp in nx.strongly_connected_components(self.R):  # every node of a cyclic SCC
+        for comp in comps:  # every node of a cyclic SCC
             if len(comp) > 1 or any(self.R.has_edge(v, v) for v in comp):
                 self.on_cycle |= comp
         self.free_roots = [v for v in self.R if self.R.in_degree(v) == 0 and v not in self.clamped]

@@ -182,6 +182,20 @@ def test_bad_input_gives_only_pcgraph_errors_quickly(src):
         d.render(c.sources)
 
 
+def test_names_with_thousands_of_digits_sort_and_check():
+    """Found by the fuzzer: nodes are sorted by name with digit runs compared as numbers, and
+    int() refuses over 4,300 digits; the order must not need it."""
+    from pcgraph._graph import natural_key
+
+    long_name = "h" + "7" * 5000
+    c = pcgraph.check(f"model m {{ node x: [2]; node {long_name}: [2]; x -> {long_name} : dense;"
+                      " query q { clamp x } }")
+    assert c.ok, [d.render(c.sources) for d in c.diagnostics]
+    names = [long_name, "h10", "h2", "h002", "a", "h1x10", "h1x3", "h" + "8" * 40]
+    assert sorted(names, key=natural_key) == ["a", "h1x3", "h1x10", "h2", "h002", "h10",
+                                              "h" + "8" * 40, long_name]
+
+
 def test_non_finite_numbers_are_refused_where_they_are_read():
     d = one_error("model m { settings { activity_lr = 1e999 - 1e999 } }", "non-finite")
     assert d.span.col == len("model m { settings { activity_lr = ") + 1
