@@ -5,6 +5,8 @@ inherits these rules; they report through its ``error``/``warn``/``locate``."""
 
 from __future__ import annotations
 
+import bisect
+import collections
 import re
 from typing import Mapping
 
@@ -23,8 +25,21 @@ from ._ir import EdgeIR, ModelIR, QueryIR, Span
 from ._registry import INIT_METHODS
 
 
+_ROLE_KEYWORD = re.compile(r"\b(clamp|read|init)\b")
+
+
 class QueryRules:
     """The query rules of ``_validate._Validator`` (a mixin: ``self.m`` is the model)."""
+
+    def _role_keywords(self, file: str, text: str) -> tuple[list[int], list[int], list[str]]:
+        """Starts, ends and words of every ``clamp``/``read``/``init`` in ``file`` (found once a
+        file: looking back from each name instead was quadratic in a query's length)."""
+        cache = self.__dict__.setdefault("_role_keywords_cache", {})
+        if file not in cache:
+            hits = list(_ROLE_KEYWORD.finditer(text))
+            cache[file] = ([m.start() for m in hits], [m.end() for m in hits],
+                           [m.group(1) for m in hits])
+        return cache[file]
 
     def role_spans(self, q: QueryIR) -> dict[tuple[str, str], list[Span]]:
         """Spans of the names of a query by role: ``{("clamp"|"read"|"init", name): [spans]}``.
@@ -34,7 +49,6 @@ class QueryRules:
         in that order."""
         order = ([("clamp", n) for n in q.clamp] + [("read", n) for n in q.read]
                  + [("init", n) for n, _ in q.init])
-        kw = re.compile(r"\b(clamp|read|init)\b")
         out: dict[tuple[str, str], list[Span]] = {}
         for i, (name, span) in enumerate(q.name_spans):
             role = None
@@ -43,8 +57,9 @@ class QueryRules:
                 off = self._offset(span.file, span.line, span.col)
                 lo = (self._offset(span.file, q.span.line, q.span.col) if q.span.file == span.file
                       else 0)
-                hits = kw.findall(text, max(0, min(lo, off)), off)
-                role = hits[-1] if hits else None
+                starts, ends, words = self._role_keywords(span.file, text)
+                j = bisect.bisect_right(ends, off) - 1  # the last keyword ending by the name
+                role = words[j] if j >= 0 and starts[j] >= max(0, min(lo, off)) else None
             if role is None and i < len(order) and order[i][1] == name:
                 role = order[i][0]
             out.setdefault((role, name), []).append(span)
@@ -74,7 +89,8 @@ class QueryRules:
                     if name not in self.nodes:
                         self.undefined(name, f"query {q.name!r}", span_of(role, name))
             for role, names in (("clamp", q.clamp), ("read", q.read)):
-                for name in sorted({n for n in names if names.count(n) > 1}, key=natural_key):
+                twice = [n for n, k in collections.Counter(names).items() if k > 1]
+                for name in sorted(twice, key=natural_key):
                     self.warn("repeated-name", f"query {q.name!r} lists {name!r} twice in "
                               f"`{role}`", span_of(role, name, 1), "list it once")
             for name in sorted(set(q.clamp) & set(q.read), key=natural_key):
