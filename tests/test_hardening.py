@@ -555,9 +555,10 @@ def test_check_work_and_memory_grow_linearly_with_the_model():
 @pytest.mark.slow
 def test_check_is_linear_in_the_model_size():
     """The 11 MB, 180,000-node model (benchmarks/check_speed.py): CPU time per byte as for a 1 MB
-    one. Peak RSS measured 1,033 MiB (87 s of CPU on the shared 2-core machine under load 16;
-    1.1 MB: 7 s, 132 MiB); the issue's 1 GB is nearly met, its 10 s is not (lark's lexer and
-    LALR loop alone take most of it)."""
+    one. Peak RSS measured 1,011 MiB (115 s of CPU on the shared 2-core machine under load 9-10;
+    1.1 MB: 10.4 s, 131 MiB, of which parse 7.5, lower 1.6, validate 1.4; records in
+    benchmarks/results/check_speed.jsonl); the issue's 1 GB is nearly met, its 10 s is not
+    (lark's lexer and LALR loop alone take most of it)."""
     bench = _benchmark("check_speed")
     small, big = bench.measure(18_000), bench.measure(180_000)
     assert small["ok"] and big["ok"]
