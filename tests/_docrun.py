@@ -7,8 +7,17 @@ A doc is read as a list of *items*, in order:
 - a ```` ```python ```` block is a snippet; a fenced ```` ```output ```` block right after it is
   what the snippet prints. Snippets using Fashion-MNIST, those after them in the doc, commands on
   a data set other than ``digits``, commands on the run directory of a long command, and any
-  block preceded by ``<!-- slow -->`` are long (run with ``--slow`` / ``-m slow``); the rest is
+  block preceded by ``<!-- slow -->`` are slow (run with ``--slow`` / ``-m slow``); the rest is
   the quick subset of the default test run.
+
+Two more markers stand before a block:
+
+- ``<!-- long -->``: a reference run too long even for the slow tests (a 16-epoch Fashion-MNIST
+  training, a 10-minute Hessian at depth 128). It runs only with ``--long`` (script) or
+  ``PCGRAPH_DOCRUN_LONG=1`` (tests); the doc's shown figure comes from such a run, and the doc
+  states beside it a shorter command (its first epoch, a smaller network) that the slow test runs.
+  Commands on a long command's run directory are long too.
+- ``<!-- devices N -->``: the item needs N JAX devices and is skipped where there are fewer.
 
 Each doc runs in a scratch directory holding a link to ``models/``, so ``runs/...`` and pictures
 land there; the items of one doc share that directory and one Python namespace, in order.
@@ -23,7 +32,7 @@ around its numbers; the numbers must agree within the tolerance — accuracies (
 
 Regenerating the figures (the docs' numbers come from these runs)::
 
-    python tests/_docrun.py docs/tutorials/feedforward.md [--slow]     # rewrite the shown output
+    python tests/_docrun.py docs/tutorials/feedforward.md [--slow] [--long]   # rewrite the shown output
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ class Item:
     shown: list[str]  # the output lines the doc shows (without "..." lines)
     span: tuple[int, int]  # character range of the shown output in the doc (for --update)
     slow: bool = False
+    long: bool = False  # only with --long / PCGRAPH_DOCRUN_LONG=1 (implies slow)
     skip: str | None = None  # why it cannot run here (data not installed)
     label: str = ""
 
@@ -86,15 +96,36 @@ def _run_dir(argv: list[str]) -> str | None:
     return f"runs/{stem}" if algo == "pc" else f"runs/{stem}-{algo}"
 
 
-def _marked_slow(text: str, fence_start: int) -> bool:
-    """Whether ``<!-- slow -->`` stands just before the fenced block starting at ``fence_start``."""
-    return "<!-- slow -->" in text[max(0, fence_start - 20):fence_start]
+def _uses(argv: list[str], dirs: set[str]) -> bool:
+    """Whether a command reads or writes one of the run directories ``dirs`` (or a file in one)."""
+    return any(a.rstrip("/") == d or a.startswith(d + "/") for a in argv for d in dirs)
+
+
+MARKER = re.compile(r"<!-- (slow|long|devices (\d+)) -->\s*$")
+
+
+def _marker(text: str, fence_start: int) -> tuple[str | None, int]:
+    """The marker (``slow``, ``long``, ``devices``) standing just before the fenced block that
+    starts at ``fence_start``, and the device count of ``devices N`` (else 0)."""
+    m = MARKER.search(text[max(0, fence_start - 30):fence_start])
+    if m is None:
+        return None, 0
+    return m.group(1).split()[0], int(m.group(2) or 0)
+
+
+def _device_skip(needed: int) -> str | None:
+    if not needed:
+        return None
+    import jax
+    have = jax.device_count()
+    return None if have >= needed else f"needs {needed} devices, {have} here"
 
 
 def parse(path: Path) -> Doc:
     text = path.read_text()
     doc = Doc(path, text)
     slow_dirs: set[str] = set()
+    long_dirs: set[str] = set()
     py_slow = False
     blocks = list(FENCE.finditer(text))
     for bi, m in enumerate(blocks):
@@ -106,10 +137,11 @@ def parse(path: Path) -> Doc:
             if nxt is not None and nxt.group(1) == "output" and not text[m.end():nxt.start()].strip():
                 shown = [s for s in nxt.group(2).splitlines() if s.strip()]
                 span = (nxt.start(2), nxt.end(2))
-            py_slow = py_slow or "fashion-mnist" in body or _marked_slow(text, m.start())
+            mark, devices = _marker(text, m.start())
+            py_slow = py_slow or "fashion-mnist" in body or mark in ("slow", "long")
             line = text.count("\n", 0, m.start()) + 1
-            doc.items.append(Item("python", body, shown, span, slow=py_slow,
-                                  label=f"{path.name}:{line}:python"))
+            doc.items.append(Item("python", body, shown, span, slow=py_slow, long=mark == "long",
+                                  skip=_device_skip(devices), label=f"{path.name}:{line}:python"))
             continue
         if lang not in ("", "console", "sh", "shell") or not body.lstrip().startswith("$ "):
             continue
@@ -118,23 +150,27 @@ def parse(path: Path) -> Doc:
         for s in lines:
             offs.append(offs[-1] + len(s))
         cmds = [i for i, s in enumerate(lines) if s.startswith("$ ")]
+        mark, devices = _marker(text, m.start())
         for k, i in enumerate(cmds):
             j = cmds[k + 1] if k + 1 < len(cmds) else len(lines)
             cmd = lines[i][2:].strip()
             argv = shlex.split(cmd, comments=True)
             shown = [s.rstrip("\n") for s in lines[i + 1:j] if s.strip() and s.strip() != "..."]
             data = _cmd_data(argv)
-            slow = (data is not None and data not in FAST_DATA) or _marked_slow(text, m.start()) or any(
-                a.startswith(d) for a in argv for d in slow_dirs)
-            skip = None
+            long = mark == "long" or _uses(argv, long_dirs)
+            slow = (long or (data is not None and data not in FAST_DATA) or mark == "slow"
+                    or _uses(argv, slow_dirs))
+            skip = _device_skip(devices)
             if data is not None and data not in KNOWN_DATA:
                 skip = f"{data} is not installed here"
             rd = _run_dir(argv)
             if rd and slow:
                 slow_dirs.add(rd)
+            if rd and long:
+                long_dirs.add(rd)
             line = text.count("\n", 0, offs[i]) + 1
-            doc.items.append(Item("cmd", cmd, shown, (offs[i + 1], offs[j]), slow=slow, skip=skip,
-                                  label=f"{path.name}:{line}: {cmd}"))
+            doc.items.append(Item("cmd", cmd, shown, (offs[i + 1], offs[j]), slow=slow, long=long,
+                                  skip=skip, label=f"{path.name}:{line}: {cmd}"))
     return doc
 
 
@@ -258,15 +294,16 @@ def _shown_with_elisions(item: Item) -> list[str]:
     return item._raw if hasattr(item, "_raw") else item.shown
 
 
-def execute(doc: Doc, workdir: Path, *, slow: bool, update: bool = False) -> list[str]:
-    """Run the doc's items (the slow ones only with ``slow``) in order; the problems found. With
-    ``update`` the doc's shown output is rewritten from the runs."""
+def execute(doc: Doc, workdir: Path, *, slow: bool, long: bool = False,
+            update: bool = False) -> list[str]:
+    """Run the doc's items (the slow ones only with ``slow``, the long ones only with ``long``) in
+    order; the problems found. With ``update`` the doc's shown output is rewritten from the runs."""
     cwd = scratch(workdir)
     ns: dict = {"__name__": "__doc__"}
     problems = []
     edits = []
     for item in doc.items:
-        if item.skip or (item.slow and not slow):
+        if item.skip or (item.slow and not slow) or (item.long and not long):
             continue
         if item.kind == "cmd":
             code, actual = run_cmd(item.text, cwd)
@@ -310,9 +347,11 @@ if __name__ == "__main__":
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("docs", nargs="*", help="docs to run (default: all)")
     ap.add_argument("--slow", action="store_true", help="also the long items")
+    ap.add_argument("--long", action="store_true", help="also the long reference runs")
     ap.add_argument("--check", action="store_true", help="compare only, do not rewrite")
     a = ap.parse_args()
     for p in [Path(x).resolve() for x in a.docs] or docs():
         with tempfile.TemporaryDirectory() as tmp:
-            found = execute(parse(p), Path(tmp), slow=a.slow, update=not a.check)
+            found = execute(parse(p), Path(tmp), slow=a.slow or a.long, long=a.long,
+                            update=not a.check)
         print(f"{p.relative_to(ROOT)}: " + ("ok" if not found else "\n  " + "\n  ".join(found)))

@@ -3,12 +3,16 @@
 The machinery is ``tests/_docrun.py`` (tolerances: accuracies within 0.5 points, other figures
 within 2 % relative, integers exactly, timings not compared). The default run executes the quick
 items (the embedded digits data, ``check``, ``draw``, ``plot``); ``-m slow`` runs every item,
-Fashion-MNIST included. ``python tests/_docrun.py DOC --slow`` rewrites a doc's shown output from
-the runs, so its figures are generated, not typed.
+Fashion-MNIST included, but the few marked ``<!-- long -->`` (reference runs of 10 minutes or more
+on a 2-core CPU: the 16-epoch Table-1 training, the depth-128 Hessian), which run only with
+``PCGRAPH_DOCRUN_LONG=1``; beside each the doc states a shorter command that ``-m slow`` runs
+(its first epoch, a smaller network). ``python tests/_docrun.py DOC --slow [--long]`` rewrites a
+doc's shown output from the runs, so its figures are generated, not typed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -37,7 +41,8 @@ def test_quick_items_reproduce(doc, tmp_path):
 @pytest.mark.parametrize("doc", [p for p in DOCS if any(i.slow for i in _docrun.parse(p).items)],
                          ids=lambda p: str(p.relative_to(_docrun.ROOT)))
 def test_every_item_reproduces(doc, tmp_path):
-    problems = _docrun.execute(_docrun.parse(doc), tmp_path, slow=True)
+    problems = _docrun.execute(_docrun.parse(doc), tmp_path, slow=True,
+                              long=os.environ.get("PCGRAPH_DOCRUN_LONG") == "1")
     assert not problems, "\n".join(problems)
 
 
@@ -68,3 +73,16 @@ def test_the_runner_notices_a_wrong_figure():
 def test_every_doc_with_commands_is_covered():
     items = [i for p in DOCS for i in _docrun.parse(p).items]
     assert sum(i.kind == "cmd" for i in items) >= 25 and sum(i.kind == "python" for i in items) >= 8
+
+
+def test_markers(tmp_path):
+    """``long`` items (and those on their run directory) are slow and long; ``devices N`` skips
+    where fewer devices exist; a run directory that merely starts like a long one is not long."""
+    doc = tmp_path / "d.md"
+    doc.write_text("<!-- long -->\n```\n$ pcgraph train models/m.pcg --data digits --out runs/a\n```\n"
+                   "```\n$ pcgraph eval models/m.pcg --checkpoint runs/a\n"
+                   "$ pcgraph train models/m.pcg --data digits --out runs/a-epoch1\n```\n"
+                   "<!-- devices 4096 -->\n```python\nprint(1)\n```\n")
+    a, b, c, d = _docrun.parse(doc).items
+    assert a.long and a.slow and b.long and not c.long and not c.slow
+    assert d.skip and "4096 devices" in d.skip
