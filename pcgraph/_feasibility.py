@@ -11,7 +11,13 @@ never has to close). For a query that clamps no node of a cycle this is Prop. 3.
 Per node (the ``auto`` policy): a free node is *forward-initialisable* when, in the query graph,
 neither it nor any ancestor lies on a cycle and every root among its ancestors is clamped (so it has
 at least one parent). ``auto`` picks ``forward`` there, ``amortised`` for targets of ``~>`` edges
-whose sources are available (clamped, or themselves forward/amortised), and ``mem`` elsewhere.
+whose sources are available (clamped, or themselves forward/amortised), and ``mem`` elsewhere —
+``zero`` when the query clamps no whole node. A node clamped by a mask (``clamp img where mask``)
+is free here: its missing elements are unknown, so it neither feeds a forward initialisation nor
+is an observation a memory could read (memories are keyed on whole observed nodes, trained on
+them); a query whose only data is masked (inpainting with a generative model) therefore starts
+its free nodes at zero — the mean of a N(0, ·) prior root — and lets inference do the rest.
+``mem`` requested on such a query is an error.
 
 Everything here works on IR with mistakes in it (undeclared names, duplicates): edges naming
 undeclared nodes are ignored, so the validator can call it before reporting them.
@@ -143,6 +149,8 @@ def plan_with_problems(
             problems.append(PlanProblem(v, method, origin, reason, span))
         elif method == "amortised" and v not in amort:
             problems.append(PlanProblem(v, method, origin, f"{v} is not the target of a ~> edge", span))
+        elif method == "mem" and not a.clamped:
+            problems.append(PlanProblem(v, method, origin, _NO_OBS, span))
     for v in auto_nodes:
         if a.forward_ok(v):
             plan[v] = "forward"
@@ -156,8 +164,8 @@ def plan_with_problems(
             ):
                 plan[v] = "amortised"
                 changed = True
-    for v in auto_nodes:
-        plan.setdefault(v, "mem")
+    for v in auto_nodes:  # a memory reads the whole clamped nodes: none, nothing to recall from
+        plan.setdefault(v, "mem" if a.clamped else "zero")
     return {v: plan[v] for v in a.G}, problems
 
 
@@ -207,10 +215,18 @@ def forward_order(model: ModelIR, query: QueryIR | str, plan: Mapping[str, str])
     return [v for v in order if plan.get(v) == "forward"]
 
 
+_NO_OBS = ("the query clamps no whole node, so a memory has no observation to recall from (a node "
+           "clamped `where` a mask is free)")
+
+
 def problem_diagnostic(p: PlanProblem, query: str) -> Diagnostic:
     if p.method == "forward":
         msg = f"init = forward is impossible for node {p.node!r} in query {query!r}: {p.reason}"
         return Diagnostic("error", msg, p.span, MEM_HINT, "forward-infeasible")
+    if p.method == "mem":
+        msg = f"init = mem is impossible for node {p.node!r} in query {query!r}: {p.reason}"
+        return Diagnostic("error", msg, p.span, "use init = zero or init = auto, or clamp a whole "
+                          "node the memory can read", "mem-without-observation")
     msg = f"init = {p.method} is impossible for node {p.node!r} in query {query!r}: {p.reason}"
     return Diagnostic("error", msg, p.span, f"add an amortised edge `x ~> {p.node}` or use init = mem",
                       "amortised-without-edge")

@@ -36,7 +36,8 @@ def test_upsample_shape_and_values(x64):
     assert abs(float(energy(net, h)) - 2.0 * float(jnp.sum(x**2))) < 1e-10
 
 
-@pytest.mark.parametrize("k,s,p", [(4, 2, 1), (3, 1, 1), (3, 2, 0), (5, 3, 2)])
+@pytest.mark.parametrize("k,s,p", [(4, 2, 1), (3, 1, 1), (3, 2, 0), (5, 3, 2), (2, 2, 0), (3, 2, 1),
+                                   (4, 3, 0)])
 def test_conv_transpose_is_the_adjoint_of_conv(x64, k, s, p):
     """⟨convT(x; W), u⟩ = ⟨x, conv(u; Wᵀ)⟩, with JAX's convolution (stride s, padding p) and
     W [O, I, k, k] read as the conv kernel [I, O, k, k]."""

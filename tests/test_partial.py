@@ -201,3 +201,28 @@ def test_language_errors(q, code, msg):
     with pytest.raises(PcgError) as err:
         load(SRC.replace("clamp img where mask; read img", q))
     assert msg in str(err.value)
+
+
+def test_auto_init_of_a_query_that_clamps_only_by_a_mask(x64):
+    """``clamp img where mask`` clamps no whole node: the partly clamped img is free for Prop. 3.2
+    (z is an unclamped root, so no forward) and no memory has an observation to recall from, so
+    ``auto`` starts the free nodes at zero and answers exactly as ``init = zero``; ``mem`` asked for
+    is a diagnostic (it used to fail at run time with a memory of 0 observation features)."""
+    from pcgraph import init_plan
+
+    m = load(SRC.replace("node z: [4]", "node z: [4] prior = gaussian(0, 1)"))
+    assert init_plan(m, "inpaint", default="auto") == {"z": "zero", "img": "zero"}
+    assert init_plan(m, "train", default="auto")["z"] == "mem"  # img clamped whole: a memory
+    net = _decoder()
+    x = _rng(8).standard_normal((3, 8))
+    mask = (_rng(9).random((3, 8)) < 0.5).astype(float)
+    for v in ("z", "img"):
+        got = [np.asarray(net.get(relax(net, "inpaint", {"img": x, "mask": mask}, _gd(50),
+                                        init=Initialisation(method)).h, v))
+               for method in ("auto", "zero")]
+        np.testing.assert_array_equal(got[0], got[1])
+    with pytest.raises(PcgError, match="init = mem is impossible for node 'z' in query 'inpaint': "
+                                       "the query clamps no whole node"):
+        load(SRC.replace("read img }", "read img; init z = mem }"))
+    with pytest.raises(PcgError, match="mem-without-observation|init = mem is impossible"):
+        relax(net, "inpaint", {"img": x, "mask": mask}, _gd(5), init=Initialisation("mem"))
