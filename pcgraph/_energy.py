@@ -143,10 +143,13 @@ def group_energies(net: Network, h: Acts, query: QueryPlan | None = None,
     return out
 
 
-def node_energies(net: Network, h: Acts, query: QueryPlan | None = None) -> dict[str, Scalar]:
-    """``{node: E_v}`` (mean over the batch) for every node with an energy term in F."""
+def node_energies(net: Network, h: Acts, query: QueryPlan | None = None,
+                  observed=None) -> dict[str, Scalar]:
+    """``{node: E_v}`` (mean over the batch) for every node with an energy term in F; with
+    ``observed`` (as for :func:`energy`) the missing elements of partly clamped leaves are left
+    out, so the values sum to ``energy(net, h, query, observed)``."""
     out = {}
-    for gi, e in enumerate(group_energies(net, h, query)):
+    for gi, e in enumerate(group_energies(net, h, query, observed)):
         if e is None:
             continue
         for i, n in enumerate(net.plan.groups[gi].names):

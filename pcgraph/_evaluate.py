@@ -24,7 +24,7 @@ from . import data as _data
 from ._binding import bind, check_arrays, clamped_arrays, eval_batches, prepare_dataset
 from ._config import GradientDescent, Inference, Initialisation, resolve_config
 from ._energy import node_energies
-from ._infer import clamp_data, infer, merge_free
+from ._infer import clamp_data, impose_observed, infer, merge_free, observed_masks
 from ._init import make_initialiser
 from ._learn import EvalStep, make_eval_step
 from ._network import Network
@@ -191,12 +191,14 @@ def make_tracer(net: Network, query: str, inference: GradientDescent, init: Init
 
     def trace(net_, batch_, carry_):
         h = clamp_data(net_, q, batch_)
-        h0 = initer(net_, h, carry_)
-        e0 = node_energies(net_, h0, q)
+        obs = observed_masks(net_, q, batch_, h[0].dtype)  # None without partial observations
+        h0 = impose_observed(q, initer(net_, h, carry_), h, obs)
+        e0 = node_energies(net_, h0, q, obs)
         if T == 0 or not q.free_groups:
             return jax.tree_util.tree_map(lambda v: v[None], e0)
-        res = infer(net_, q, h0, GradientDescent(T, inference.optimizer), record=True)
-        es = jax.lax.map(lambda free: node_energies(net_, merge_free(h0, q, free), q),
+        res = infer(net_, q, h0, GradientDescent(T, inference.optimizer), record=True,
+                    observed=obs)
+        es = jax.lax.map(lambda free: node_energies(net_, merge_free(h0, q, free), q, obs),
                          res.trajectory)
         return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), e0, es)
 

@@ -297,7 +297,7 @@ def _pc_step(q: QueryPlan, inference: Inference, initer, wopt, record_node_energ
             "init_loss": init_loss,
         }
         if record_node_energies:
-            metrics["node_energies"] = node_energies(nc, hs, q)
+            metrics["node_energies"] = node_energies(nc, hs, q, obs)
         updates, opt_state = wopt.update(grads, opt_state, _params(net_))
         net_ = eqx.apply_updates(net_, updates)
         return net_, opt_state, metrics, carry
