@@ -46,11 +46,13 @@ def bind(net, query: str = "train", test_query: str | None = "test") -> Binding:
     qt = m.query(query)
     names = {q.name for q in m.queries}
     qe = m.query(test_query) if test_query and test_query in names else None
+    tc = (*qt.clamp, *(n for n, _ in qt.partial))  # a node clamped `where` a mask is data too
     if qe is not None:
-        inputs = [n for n in qt.clamp if n in qe.clamp]
-        labels = [n for n in qt.clamp if n not in qe.clamp]
+        ec = (*qe.clamp, *(n for n, _ in qe.partial))
+        inputs = [n for n in tc if n in ec]
+        labels = [n for n in tc if n not in ec]
     else:
-        inputs, labels = list(qt.clamp), []
+        inputs, labels = list(tc), []
     if len(inputs) != 1 or len(labels) > 1:
         raise BindingError(
             f"cannot bind a data set to model {m.name!r}: query {qt.name!r} clamps "

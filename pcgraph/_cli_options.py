@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._masks import MASK_HELP
 from ._registry import ALGORITHMS, INIT_METHODS, SETTINGS
 
 TRAIN_JSON_FIELDS = """\
@@ -80,6 +81,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "(repeatable)")
     p.add_argument("--fraction", type=float, metavar="F",
                    help="use a stratified fraction of the training set (default 1)")
+    p.add_argument("--mask", metavar="SPEC", help=MASK_HELP + "; the training and test data then "
+                   "carry it for the query that clamps a node where a mask (e.g. --test-query "
+                   "inpaint: test_mse is the MSE on the missing elements)")
     p.add_argument("--val-fraction", type=float, metavar="F",
                    help="hold out this class-stratified share of the training set for validation "
                         "(drawn from --seed; default 0): val_accuracy every epoch, best.eqx")

@@ -21,7 +21,7 @@ METRICS = "metrics.jsonl"
 TRAJECTORY = ("data", "fraction", "val_fraction", "seed", "steps", "solver", "init", "init_node", "init_option",
               "activity_lr", "weight_lr", "optimizer", "algorithm", "batch_size", "query",
               "test_query", "weight_decay", "activity_optimizer", "parameterisation", "normalize",
-              "precision")
+              "precision", "mask")
 # resolved hyperparameters that must match the checkpoint on --resume
 CONFIG_TRAJECTORY = ("steps", "activity_lr", "activity_optimizer", "weight_lr", "weight_optimizer",
                      "weight_decay", "init", "solver", "algorithm", "batch_size",

@@ -69,6 +69,10 @@ def _train(args: argparse.Namespace) -> int:
                     val_fraction=float(cli["val_fraction"] or 0.0))
     _preflight(model, cli, epochs, seed)  # limits and memory, before anything is allocated
     net, like_carry = _build(model, ds, config, q, tq, seed)
+    data, eval_kw = ds, {}
+    if cli["mask"]:
+        data, eval_data = _masked(net, ds, cli, q, tq, seed)
+        eval_kw = {"eval_data": eval_data}
     cli["epochs"] = config.record["epochs"]
     from ._fit import model_hash
 
@@ -94,8 +98,8 @@ def _train(args: argparse.Namespace) -> int:
         steps_per_epoch=len(ds.x_train) // config.record["batch_size"],
         collapsed=[m["collapse"] for m in (state.history if state else ()) if m.get("collapse")],
         checkpoint=str(out / CHECKPOINT) if meta is not None else None)
-    result = _fit(net, ds, config, recorder, out, model.name, primary,
-                  query=q, test_query=tq, seed=seed, state=state, mesh=mesh)
+    result = _fit(net, data, config, recorder, out, model.name, primary,
+                  query=q, test_query=tq, seed=seed, state=state, mesh=mesh, **eval_kw)
     if result is None:
         return EXIT_MODEL  # diverged; reported
     if not primary:
@@ -158,6 +162,48 @@ def _build(model, ds, config, q: str, tq: str, seed: int):
     except (ValueError, KeyError) as e:
         raise CliError(str(e).strip('"')) from None
     return net, carry
+
+
+def _masked(net, ds, cli: dict, q: str, tq: str, seed: int):
+    """``--mask``: the training and test splits as ``{node: array}`` dicts, each with the mask
+    beside the data node where its query clamps it ``where`` a mask (``pcgraph._masks``)."""
+    import numpy as np
+
+    from ._binding import bind
+    from ._masks import MaskSpecError, element_masks, parse_mask
+
+    try:
+        spec = parse_mask(cli["mask"])
+    except MaskSpecError as e:
+        raise CliError(str(e)) from None
+    names = {x.name for x in net.plan.queries}
+    part = {n: dict(net.plan.query(n).partial) for n in (q, tq) if n in names}
+    if not any(part.values()):
+        raise CliError(f"--mask: neither query {q!r} nor {tq!r} clamps a node `where` a mask "
+                       "(give the masked query with --query or --test-query)")
+    if cli["val_fraction"]:
+        raise CliError("--mask does not combine with --val-fraction")
+    b = bind(net, q, tq if tq in names else None)
+    if not b.generative:
+        raise CliError("--mask trains generative models (one data node, no label node)")
+    other = [n for p in part.values() for n in p if n != b.input]
+    if other:
+        raise CliError(f"--mask masks the data node {b.input!r}, but a query clamps "
+                       f"{other[0]!r} where a mask")
+    shape = net.node_shape(b.input)
+
+    def split(x, query: str, k: int):
+        out = {b.input: np.asarray(x).reshape(len(x), *shape)}
+        m = part.get(query, {}).get(b.input)
+        if m is not None:
+            try:
+                mk = element_masks(spec, len(x), tuple(ds.input_shape), seed, k)
+            except MaskSpecError as e:
+                raise CliError(str(e)) from None
+            out[m] = mk.reshape(len(x), *shape)
+        return out
+
+    return split(ds.x_train, q, 0), (split(ds.x_test, tq, 2) if tq in names else False)
 
 
 def _resumed(ckpt_path: Path, net, config, like_carry):

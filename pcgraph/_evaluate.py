@@ -21,7 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import data as _data
-from ._binding import bind, check_arrays, clamped_arrays, eval_batches, prepare_dataset
+from ._binding import (
+    bind,
+    check_arrays,
+    clamped_arrays,
+    eval_batches,
+    mask_arrays,
+    prepare_dataset,
+)
 from ._config import GradientDescent, Inference, Initialisation, resolve_config
 from ._energy import node_energies
 from ._infer import clamp_data, impose_observed, infer, merge_free, observed_masks
@@ -79,9 +86,11 @@ class Evaluator:
         m = net.plan
         if query not in {q.name for q in m.queries}:
             raise KeyError(f"model {m.name!r} has no query {query!r}")
-        arrays = check_arrays(net, data, "evaluation data")
-        inputs = clamped_arrays(net, arrays, query, "data")
         q = m.query(query)
+        masks = mask_arrays(net, data, query, "evaluation data")  # clamp NODE where MASK
+        arrays = check_arrays(net, {k: v for k, v in data.items() if k not in masks},
+                              "evaluation data")
+        inputs = {**clamped_arrays(net, arrays, query, "data"), **masks}
         targets = {n: arrays[n] for n in q.read if n in arrays}
         out: dict = {}
         for name, t in targets.items():
@@ -113,14 +122,22 @@ class Evaluator:
         return {"accuracy": correct / max(n, 1), "n": n}
 
     def _read_mse(self, net, query, inputs, name, t, batch_size, carry) -> dict:
+        """Mean over examples of the read-out's MSE; for a node the query clamps ``where`` a
+        mask, the MSE over its missing elements (all examples' missing elements pooled)."""
         fn = self.step(net, query)
-        tot, n = 0.0, 0
+        mname = dict(net.plan.query(query).partial).get(name)
+        tot, n, cnt = 0.0, 0, 0.0
         for batch, mask in eval_batches({**inputs, "__t": np.asarray(t)}, batch_size):
             tb = batch.pop("__t")
             out = np.asarray(fn(net, batch, None, carry)[name])
-            tot += float(np.sum(((out - tb) ** 2).reshape(len(tb), -1).mean(-1) * mask))
+            sq = ((out - tb) ** 2).reshape(len(tb), -1)
+            if mname is not None:
+                miss = (1 - np.asarray(batch[mname], sq.dtype).reshape(len(tb), -1)) * mask[:, None]
+                tot, cnt = tot + float(np.sum(sq * miss)), cnt + float(np.sum(miss))
+            else:
+                tot += float(np.sum(sq.mean(-1) * mask))
             n += int(mask.sum())
-        return {"mse": tot / max(n, 1), "n": n}
+        return {"mse": tot / max(cnt if mname is not None else n, 1), "n": n}
 
     def _recon(self, net, query, inputs, node, batch_size, carry) -> dict:
         fn = self.step(net, query, reconstruct=node)

@@ -373,18 +373,22 @@ def make_eval_step(
     per-example mean squared error of its prediction from the relaxed activities (a generative
     model's reconstruction) and the relaxed energy.
 
+    A query with partial observations (``clamp img where mask``) takes each mask from the batch
+    beside the node's values: the observed elements are held at the data, the missing ones relaxed
+    (reading the node gives the data where observed and the prediction where missing).
+
     ``carry``: the training run's initialiser state, needed where a node of this query uses
     ``mem`` (retrieval from the trained memories), ``amortised`` or ``null``. ``avg`` needs labels,
     so at test avg nodes are forward-initialised (an error where forward is impossible)."""
     q = query if isinstance(query, QueryPlan) else compile_query(net, query)
     q.check(net)
-    _no_partial(q, "evaluated by this step")
     inference, init, _ = _defaults(net, inference, init, need_weights=False)
     reads = q.read or tuple(n for n in net.plan.node_names if n not in q.clamp)
     direct_order = None
     clamped_with_parents = any(net.plan.parents_of[n] for n in q.clamp)
     method = net.plan.settings.get("init") if init.method is None else init.method
-    if not clamped_with_parents and method in ("auto", "forward", "avg") and not init.nodes:
+    if (not clamped_with_parents and not q.partial and method in ("auto", "forward", "avg")
+            and not init.nodes):
         try:
             direct_order = topological_order(net, q.clamp)
         except ValueError:
@@ -393,15 +397,17 @@ def make_eval_step(
 
     def run(net_, batch, key=None, carry=None):
         h = clamp_data(net_, q, batch)
+        obs = observed_masks(net_, q, batch, h[0].dtype)  # None without partial observations
         if direct_order is not None:
             hf = forward_acts(net_, h, direct_order)
         else:
-            hf = infer(net_, q, initer(net_, h, carry, key), inference, energies=False).h
+            h0 = impose_observed(q, initer(net_, h, carry, key), h, obs)
+            hf = infer(net_, q, h0, inference, energies=False, observed=obs).h
         if reconstruct is not None:
             x = net_.get(h, reconstruct)
             mu = node_prediction(net_, hf, reconstruct)
             err = jnp.mean(((x - mu) ** 2).reshape(x.shape[0], -1), axis=-1)
-            return {"sq_err": err, "energy": energy(net_, hf, q)}
+            return {"sq_err": err, "energy": energy(net_, hf, q, obs)}
         return {n: net_.get(hf, n) for n in reads}
 
     return EvalStep(run, q, reads, direct_order is not None, jit, initer)
