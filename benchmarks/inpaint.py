@@ -13,6 +13,11 @@ Baselines computed in the same script on the same images and masks:
   the whole image from inputs masked like the test (half the batches bottom-half, half random
   50 %), Adam, the same epochs and data.
 
+``--model conv_decoder`` (``--channels c1,c2``): the PC model is models/conv_decoder.pcg and the
+BP baseline a conv autoencoder of the same size: the same decoder (16 -> c1x7x7 -> c2x14x14 ->
+1x28x28, stride-2 4x4 transposed convolutions, tanh, linear image) behind a mirror stride-2 conv
+encoder of the masked image and its mask; records in benchmarks/results/inpaint_conv.jsonl.
+
 Chosen on the validation split (seed 0): the number of inference steps of the inpainting query
 (``--steps-grid``) and the BP learning rate (``--lrs``). Then ``--seeds`` runs; records in
 benchmarks/results/inpaint.jsonl; ``--png`` draws a grid of test images.
@@ -20,12 +25,16 @@ benchmarks/results/inpaint.jsonl; ``--png`` draws a grid of test images.
     nice -n 10 python benchmarks/inpaint.py --fraction 0.1 --epochs 5 --seeds 0,1,2 \
         --png docs/img/inpaint.png
     python benchmarks/inpaint.py --table
+    nice -n 10 python benchmarks/inpaint.py --model conv_decoder --channels 16,8 --fraction 0.03 \
+        --epochs 3 --n-eval 300 --steps-grid 20,50 --seeds 0,1,2 \
+        --out benchmarks/results/inpaint_conv.jsonl --png docs/img/inpaint_conv.png
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import time
 
 import equinox as eqx
 import jax
@@ -67,8 +76,8 @@ def missing_mse(pred, x, mask) -> float:
 
 
 # ------------------------------------------------------------------------------ PC
-def train_pc(x, seed, epochs, model=MODEL):
-    net = pcgraph.build(pcgraph.load(model), seed=seed)
+def train_pc(x, seed, epochs, model=MODEL, params=None):
+    net = pcgraph.build(pcgraph.load(model, params=params), seed=seed)
     x = x.reshape(len(x), *net.node_shape("img"))  # flat for inpaint.pcg, [1, 28, 28] for conv
     return pcgraph.fit(net, {"img": x}, epochs=epochs, seed=seed, eval_data=False,
                        trace_inference=False).net
@@ -104,15 +113,59 @@ def ae_apply(params, x, mask):
     return jax.nn.sigmoid(h @ dec[1]["W"] + dec[1]["b"])
 
 
-def train_ae(x, seed, epochs, lr, batch=64):
+_DN = ("NCHW", "OIHW", "NCHW")
+
+
+def _conv_init(key, o, i, k=4):
+    return {"W": jax.random.normal(key, (o, i, k, k)) / math.sqrt(i * k * k), "b": jnp.zeros(o)}
+
+
+def conv_ae_init(key, channels):
+    """The conv decoder of models/conv_decoder.pcg (16 -> c1x7x7 tanh -> c2x14x14 tanh -> 1x28x28,
+    linear) behind a mirror encoder of the masked image and its mask (2x28x28 -> c2x14x14 ->
+    c1x7x7 -> 16), stride-2 4x4 (transposed) convolutions."""
+    c1, c2 = channels
+    k = jax.random.split(key, 6)
+    enc = [_conv_init(k[0], c2, 2), _conv_init(k[1], c1, c2), _init(k[2], [c1 * 49, 16])[0]]
+    dec = [_init(k[3], [16, c1 * 49])[0], _conv_init(k[4], c2, c1), _conv_init(k[5], 1, c2)]
+    return enc, dec
+
+
+def _convT(x, p):  # the engine's transposed convolution (kernel 4, stride 2, padding 1)
+    y = jax.lax.conv_general_dilated(x, p["W"][:, :, ::-1, ::-1], (1, 1), [(2, 2), (2, 2)],
+                                     lhs_dilation=(2, 2), dimension_numbers=_DN)
+    return y + p["b"][None, :, None, None]
+
+
+def conv_ae_apply(params, x, mask):
+    enc, dec = params
+    B = x.shape[0]
+    h = jnp.concatenate([(x * mask).reshape(B, 1, 28, 28), mask.reshape(B, 1, 28, 28)], axis=1)
+    for p in enc[:2]:
+        h = jnp.tanh(jax.lax.conv_general_dilated(h, p["W"], (2, 2), [(1, 1), (1, 1)],
+                                                  dimension_numbers=_DN)
+                     + p["b"][None, :, None, None])
+    z = h.reshape(B, -1) @ enc[2]["W"] + enc[2]["b"]
+    c1 = dec[1]["W"].shape[1]
+    h = jnp.tanh(z @ dec[0]["W"] + dec[0]["b"]).reshape(B, c1, 7, 7)
+    h = jnp.tanh(_convT(h, dec[1]))
+    return _convT(h, dec[2]).reshape(B, 784)
+
+
+def train_ae(x, seed, epochs, lr, batch=64, channels=None):
+    """The dense autoencoder, or the conv one when ``channels = (c1, c2)`` is given."""
     key = jax.random.PRNGKey(seed)
-    params = (_init(key, [1568, 256, 32]), _init(jax.random.fold_in(key, 1), [32, 256, 784]))
+    if channels is None:
+        params = (_init(key, [1568, 256, 32]), _init(jax.random.fold_in(key, 1), [32, 256, 784]))
+        apply = ae_apply
+    else:
+        params, apply = conv_ae_init(key, channels), conv_ae_apply
     opt = optax.adam(lr)
     state = opt.init(params)
 
     @jax.jit
     def step(params, state, xb, mb):
-        loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.sum((ae_apply(p, xb, mb) - xb) ** 2,
+        loss, g = jax.value_and_grad(lambda p: jnp.mean(jnp.sum((apply(p, xb, mb) - xb) ** 2,
                                                                  axis=1)))(params)
         upd, state = opt.update(g, state, params)
         return optax.apply_updates(params, upd), state, loss
@@ -127,8 +180,8 @@ def train_ae(x, seed, epochs, lr, batch=64):
     return params
 
 
-def ae_fill(params, x, mask):
-    return np.asarray(jax.jit(ae_apply)(params, x, mask))
+def ae_fill(params, x, mask, conv=False):
+    return np.asarray(jax.jit(conv_ae_apply if conv else ae_apply)(params, x, mask))
 
 
 # ------------------------------------------------------------------------------ driver
@@ -142,7 +195,12 @@ def table(recs) -> str:
     if not final:
         return "(no final records)"
     r0 = final[0]
-    rows = [(f"Missing-pixel MSE on {r0['n_test']} test images (train {r0['n_train']} images, "
+    what = ""
+    if r0.get("model") == "conv_decoder":
+        c1, c2 = r0["channels"]
+        what = (f"models/conv_decoder.pcg with {c1}, {c2} channels vs a BP conv autoencoder with "
+                "the same decoder; ")
+    rows = [(f"Missing-pixel MSE on {r0['n_test']} test images ({what}train {r0['n_train']} images, "
             f"{r0['epochs']} epochs; PC inpainting T = {r0['steps']}, BP lr {r0['ae_lr']:g}; "
             f"{len(final)} seeds, mean ± sd, 95 % CI of the PC − BP difference)"), "",
             "| mask | mean-fill | BP autoencoder | PC (`clamp img where mask`) | PC − BP (95 % CI) |",
@@ -191,10 +249,14 @@ def main():
     ap.add_argument("--lrs", type=float_list, default=[1e-3, 3e-3])
     ap.add_argument("--model", default="inpaint", choices=["inpaint", "conv_decoder"],
                     help="the PC model: models/inpaint.pcg or models/conv_decoder.pcg")
+    ap.add_argument("--channels", type=int_list, default=None,
+                    help="conv_decoder's c1,c2 (default the file's 32,16); the BP baseline is the "
+                         "conv autoencoder with the same decoder")
     demo_args(ap, "inpaint")
     args = ap.parse_args()
     if print_table_only(args, table):
         return
+    t0 = time.perf_counter()
     _, xtr, xva, xte = fmnist_splits(args.fraction, args.n_eval)
     mean = xtr.mean(axis=0)
     rng = np.random.default_rng(123)
@@ -203,9 +265,14 @@ def main():
     base = {"fraction": args.fraction, "epochs": args.epochs, "n_train": len(xtr),
             "n_val": len(xva), "n_test": len(xte), "model": args.model}
     model = ROOT / "models" / f"{args.model}.pcg"
+    conv = args.model == "conv_decoder"
+    chans = tuple(args.channels or (32, 16)) if conv else None
+    params = {"c1": chans[0], "c2": chans[1]} if conv else None
+    if conv:
+        base["channels"] = list(chans)
 
     # selection on validation, seed 0
-    net = train_pc(xtr, 0, args.epochs, model)
+    net = train_pc(xtr, 0, args.epochs, model, params)
     vs = {}
     for T in args.steps_grid:
         vs[T] = np.mean([missing_mse(pc_fill(net, xva, vmasks[k], T), xva, vmasks[k])
@@ -215,23 +282,23 @@ def main():
     T = min(vs, key=vs.get)
     va = {}
     for lr in args.lrs:
-        p = train_ae(xtr, 0, args.epochs, lr)
-        va[lr] = np.mean([missing_mse(ae_fill(p, xva, vmasks[k]), xva, vmasks[k]) for k in MASKS])
+        p = train_ae(xtr, 0, args.epochs, lr, channels=chans)
+        va[lr] = np.mean([missing_mse(ae_fill(p, xva, vmasks[k], conv), xva, vmasks[k]) for k in MASKS])
         append_jsonl(args.out, {**base, "phase": "select", "what": "ae_lr", "lr": lr,
                                 "val_mse": float(va[lr])})
     lr = min(va, key=va.get)
-    print("selected", T, lr, vs, va, flush=True)
+    print("selected", T, lr, vs, va, f"{time.perf_counter() - t0:.0f} s", flush=True)
 
     for s in args.seeds:
-        net = net if s == 0 else train_pc(xtr, s, args.epochs, model)
-        ae = train_ae(xtr, s, args.epochs, lr)
+        net = net if s == 0 else train_pc(xtr, s, args.epochs, model, params)
+        ae = train_ae(xtr, s, args.epochs, lr, channels=chans)
         fills = {"pc": {k: pc_fill(net, xte, tmasks[k], T) for k in MASKS},
-                 "ae": {k: ae_fill(ae, xte, tmasks[k]) for k in MASKS},
+                 "ae": {k: ae_fill(ae, xte, tmasks[k], conv) for k in MASKS},
                  "mean": {k: np.where(tmasks[k] == 1, xte, mean) for k in MASKS}}
         rec = {**base, "phase": "final", "seed": s, "steps": T, "ae_lr": lr,
                **evaluate(fills, xte, tmasks)}
         append_jsonl(args.out, rec)
-        print(rec, flush=True)
+        print(rec, f"{time.perf_counter() - t0:.0f} s", flush=True)
         if args.png and s == args.seeds[0]:
             draw(args.png, xte, tmasks, fills)
     print(table(read_jsonl(args.out)))

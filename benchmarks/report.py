@@ -70,6 +70,7 @@ TABLES = {
     "init_generative": _module_table("init_generative"),
     "mupc_depth": _module_table("mupc_depth", "selection_table"),
     "inpaint": _module_table("inpaint"),
+    "inpaint_conv": _module_table("inpaint"),
     "labelgen": _module_table("labelgen"),
     "memory": _module_table("memory"),
     "precision": _module_table("precision"),

@@ -43,3 +43,25 @@ def test_model_builds_and_trains(path):
     after = jax.tree_util.tree_leaves(res.net.named_params())
     assert len(before) == len(after) > 0
     assert any(not jnp.array_equal(a, b) for a, b in zip(before, after))
+
+
+MASKED = [(p, q.name) for p in MODELS for q in pcgraph.load(p).queries if q.partial]
+
+
+@pytest.mark.parametrize(
+    "path,query",
+    [pytest.param(p, q, marks=[pytest.mark.slow] if p.stem == "conv_decoder" else [],
+                  id=f"{p.stem}-{q}") for p, q in MASKED])
+def test_masked_model_trains_and_answers_through_the_cli(path, query, tmp_path, capsys):
+    """Each model with a `clamp img where mask` query trains on Fashion-MNIST through `pcgraph
+    train` and is scored on its masked query (`--test-query Q --mask half`): the MSE on the missing
+    bottom half is finite and below the mean-fill scale of unit-range pixels."""
+    import json
+
+    from pcgraph._cli import main
+
+    assert main(["train", str(path), "--data", "fashion-mnist", "--normalize", "unit",
+                 "--fraction", "0.01", "--epochs", "1", "--steps", "2", "--test-query", query,
+                 "--mask", "half", "--out", str(tmp_path / "run"), "--quiet", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["steps"] > 0 and 0 < got["test_mse"] < 1
