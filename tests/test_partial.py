@@ -284,3 +284,28 @@ def test_auto_init_of_a_query_that_clamps_only_by_a_mask(x64):
         load(SRC.replace("read img }", "read img; init z = mem }"))
     with pytest.raises(PcgError, match="mem-without-observation|init = mem is impossible"):
         relax(net, "inpaint", {"img": x, "mask": mask}, _gd(5), init=Initialisation("mem"))
+
+
+def test_mask_specs(tmp_path):
+    """``--mask`` specs: half keeps the top rows, random:P misses a P share (the same draw for the
+    same seed and split, another for another split), a file is one mask for every example."""
+    from pcgraph._masks import MaskSpecError, element_masks
+
+    h = element_masks("half", 3, (1, 28, 28))
+    assert h.shape == (3, 1, 28, 28) and h[:, :, :14].all() and not h[:, :, 14:].any()
+    assert np.array_equal(element_masks("half", 2, (784,)), h[:2].reshape(2, 784))
+    r = element_masks("random:0.25", 200, (784,), seed=1)
+    assert abs(1 - r.mean() - 0.25) < 0.01
+    assert np.array_equal(r, element_masks("random:0.25", 200, (784,), seed=1))
+    assert not np.array_equal(r, element_masks("random:0.25", 200, (784,), seed=1, split=2))
+    f = tmp_path / "m.npy"
+    np.save(f, (np.arange(784) % 2).reshape(28, 28))
+    m = element_masks(str(f), 4, (1, 28, 28))
+    assert m.shape == (4, 1, 28, 28) and m.sum() == 4 * 392
+    for bad, msg in [("random:2", "in \\[0, 1\\]"), ("top", "expected half"),
+                     (str(tmp_path / "none.npy"), "cannot read it")]:
+        with pytest.raises(MaskSpecError, match=msg):
+            element_masks(bad, 1, (1, 28, 28))
+    np.save(f, np.full(10, 2))
+    with pytest.raises(MaskSpecError, match="0/1 values"):
+        element_masks(str(f), 1, (1, 28, 28))
