@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ._errors import Error
+
 MASK_HELP = ("element mask of the query's `clamp NODE where MASK` (1 = observed): half (the "
              "bottom half of each image missing), random:P (each element missing with "
              "probability P, default 0.5, drawn from --seed), or FILE.npy (one 0/1 array of the "
              "image's shape for every example)")
 
 
-class MaskSpecError(ValueError):
+class MaskSpecError(Error, ValueError):
     """A ``--mask`` spec that names no known kind or a file that cannot be a mask."""
 
 
