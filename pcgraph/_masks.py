@@ -75,7 +75,7 @@ def element_masks(spec: MaskSpec | str, n: int, image_shape: tuple[int, ...],
         return (rng.random((n, *shape)) >= spec.p_missing).astype(np.float32)
     path = Path(spec.path)
     try:
-        a = np.load(path)
+        a = np.load(path, allow_pickle=False)  # a data file never executes code
     except (OSError, ValueError) as e:
         raise MaskSpecError(f"--mask {path}: cannot read it: {e}") from None
     if a.size != math.prod(shape) or not np.isin(a, (0, 1)).all():

@@ -309,3 +309,13 @@ def test_mask_specs(tmp_path):
     np.save(f, np.full(10, 2))
     with pytest.raises(MaskSpecError, match="0/1 values"):
         element_masks(str(f), 1, (1, 28, 28))
+
+
+def test_a_pickled_mask_file_is_refused_not_executed(tmp_path):
+    """A ``--mask FILE.npy`` holding a pickle (object array) is refused before anything runs."""
+    from pcgraph._masks import MaskSpecError, element_masks
+
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(MaskSpecError, match="cannot read it"):
+        element_masks(str(path), 2, (28, 28))
